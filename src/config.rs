@@ -1,0 +1,433 @@
+//! Command line and configuration file.
+//!
+//! The command line accepts memcached's flags (so `/etc/memcached.conf`-style
+//! argument lists and existing scripts work) plus long options. Everything can
+//! also be set in a TOML file (`--config`); the command line wins over the file,
+//! and built-in defaults fill the rest, so the daemon runs with no file at all.
+
+use clap::{ArgAction, Parser, ValueEnum};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BindingProtocol {
+    #[default]
+    Auto,
+    Ascii,
+    Binary,
+}
+
+/// memtwin: a memcached-compatible session store.
+#[derive(Debug, Parser, Default)]
+#[command(name = "memtwin", version, about, disable_help_flag = true)]
+pub struct Cli {
+    /// Print help.
+    #[arg(short = 'h', long = "help", action = ArgAction::Help)]
+    help: Option<bool>,
+    /// TOML configuration file; command-line flags override it.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// TCP port to listen on (default 11211).
+    #[arg(short = 'p', long = "port")]
+    pub port: Option<u16>,
+    /// Interface to listen on (default 127.0.0.1); repeat or comma-separate for several.
+    #[arg(short = 'l', long = "listen", value_delimiter = ',')]
+    pub listen: Vec<String>,
+    /// UDP port: only 0 (off) is accepted; memtwin never speaks UDP.
+    #[arg(short = 'U', long = "udp-port")]
+    pub udp_port: Option<u16>,
+    /// Unix socket path to listen on (disables TCP, as in memcached).
+    #[arg(short = 's', long = "unix-socket")]
+    pub unix_socket: Option<PathBuf>,
+    /// Access mask for the unix socket, in octal (default 700).
+    #[arg(short = 'a', long = "unix-mask")]
+    pub unix_mask: Option<String>,
+    /// Item memory in megabytes (default 64).
+    #[arg(short = 'm', long = "memory-limit")]
+    pub memory_limit: Option<u64>,
+    /// Max simultaneous connections (default 1024).
+    #[arg(short = 'c', long = "conn-limit")]
+    pub conn_limit: Option<usize>,
+    /// Worker threads (default 4).
+    #[arg(short = 't', long = "threads")]
+    pub threads: Option<usize>,
+    /// Max item size, with k/m suffix (default 1m).
+    #[arg(short = 'I', long = "max-item-size")]
+    pub max_item_size: Option<String>,
+    /// Return an error on memory exhausted instead of evicting items.
+    #[arg(short = 'M', long = "disable-evictions")]
+    pub disable_evictions: bool,
+    /// Disable CAS (every CAS value is 0).
+    #[arg(short = 'C', long = "disable-cas")]
+    pub disable_cas: bool,
+    /// Disable flush_all.
+    #[arg(short = 'F', long = "disable-flush-all")]
+    pub disable_flush_all: bool,
+    /// Enable the `shutdown` command.
+    #[arg(short = 'A', long = "enable-shutdown")]
+    pub enable_shutdown: bool,
+    /// Verbose logging; repeat for more (-vv).
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Protocol: auto (default), ascii or binary.
+    #[arg(short = 'B', long = "protocol", value_enum)]
+    pub protocol: Option<BindingProtocol>,
+    /// Enable SASL authentication (binary protocol).
+    #[arg(short = 'S', long = "enable-sasl")]
+    pub enable_sasl: bool,
+    /// SASL password file with `user:password` lines.
+    #[arg(long = "sasl-pwdb", value_name = "FILE")]
+    pub sasl_pwdb: Option<PathBuf>,
+    /// ASCII authentication file with `user:password` lines (memcached's -Y).
+    #[arg(short = 'Y', long = "auth-file", value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Drop privileges to this user after binding (when started as root).
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// Write the process id to this file.
+    #[arg(short = 'P', long = "pidfile")]
+    pub pidfile: Option<PathBuf>,
+    /// Run as a daemon (detach from the terminal).
+    #[arg(short = 'd', long = "daemon")]
+    pub daemon: bool,
+    /// Listen backlog (default 1024).
+    #[arg(short = 'b', long = "listen-backlog")]
+    pub listen_backlog: Option<u32>,
+    /// Max requests per event (accepted for compatibility, ignored).
+    #[arg(short = 'R', long = "max-reqs-per-event")]
+    pub max_reqs_per_event: Option<u32>,
+    /// Chunk size growth factor (accepted for compatibility, ignored: no slabs).
+    #[arg(short = 'f', long = "slab-growth-factor")]
+    pub growth_factor: Option<f64>,
+    /// Minimum item space (accepted for compatibility, ignored: no slabs).
+    #[arg(short = 'n', long = "slab-min-size")]
+    pub slab_min_size: Option<u32>,
+    /// Large memory pages (accepted for compatibility, ignored).
+    #[arg(short = 'L', long = "enable-largepages")]
+    pub largepages: bool,
+    /// Stats prefix delimiter (accepted for compatibility, ignored).
+    #[arg(short = 'D')]
+    pub prefix_delimiter: Option<String>,
+    /// Disable `stats cachedump` (always disabled in memtwin; accepted).
+    #[arg(short = 'X', long = "disable-dumping")]
+    pub disable_dumping: bool,
+    /// Disable `watch` (not implemented in memtwin; accepted).
+    #[arg(short = 'W', long = "disable-watch")]
+    pub disable_watch: bool,
+    /// Maximize core file limit (accepted for compatibility, ignored).
+    #[arg(short = 'r', long = "enable-coredumps")]
+    pub coredumps: bool,
+    /// Lock down paged memory (accepted for compatibility, ignored).
+    #[arg(short = 'k', long = "lock-memory")]
+    pub lock_memory: bool,
+    /// memcached extended options (comma separated). Unknown ones are warned about.
+    #[arg(short = 'o', long = "extended", value_delimiter = ',')]
+    pub extended: Vec<String>,
+    /// Close connections idle longer than this many seconds (0 = never).
+    #[arg(long = "idle-timeout")]
+    pub idle_timeout: Option<u64>,
+}
+
+/// The TOML file: the same settings under their long names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub port: Option<u16>,
+    pub listen: Option<Vec<String>>,
+    pub unix_socket: Option<PathBuf>,
+    pub unix_mask: Option<String>,
+    pub memory_limit: Option<u64>,
+    pub conn_limit: Option<usize>,
+    pub threads: Option<usize>,
+    pub max_item_size: Option<String>,
+    pub disable_evictions: Option<bool>,
+    pub disable_cas: Option<bool>,
+    pub disable_flush_all: Option<bool>,
+    pub enable_shutdown: Option<bool>,
+    pub verbose: Option<u8>,
+    pub protocol: Option<BindingProtocol>,
+    pub enable_sasl: Option<bool>,
+    pub sasl_pwdb: Option<PathBuf>,
+    pub auth_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub pidfile: Option<PathBuf>,
+    pub listen_backlog: Option<u32>,
+    pub idle_timeout: Option<u64>,
+}
+
+/// Resolved settings the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub port: u16,
+    pub listen: Vec<String>,
+    pub unix_socket: Option<PathBuf>,
+    pub unix_mask: u32,
+    pub memory_limit: usize,
+    pub max_conns: usize,
+    pub threads: usize,
+    pub item_size_max: usize,
+    pub evict: bool,
+    pub cas: bool,
+    pub flush_enabled: bool,
+    pub shutdown_enabled: bool,
+    pub verbose: u8,
+    pub protocol: BindingProtocol,
+    pub sasl: bool,
+    pub sasl_pwdb: Option<PathBuf>,
+    pub auth_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub pidfile: Option<PathBuf>,
+    pub daemon: bool,
+    pub backlog: u32,
+    pub idle_timeout: u64,
+    /// Warnings produced while resolving (unknown -o options ...), logged at start.
+    pub warnings: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::resolve(Cli::default(), FileConfig::default())
+            .unwrap_or_else(|_| unreachable!("defaults are valid"))
+    }
+}
+
+/// A configuration problem, reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("UDP is not supported: use -U 0 (got -U {0})")]
+    Udp(u16),
+    #[error("invalid item size {0:?}: use a number with an optional k or m suffix")]
+    ItemSize(String),
+    #[error("item size {0} is out of range (1k .. 1024m)")]
+    ItemSizeRange(usize),
+    #[error("invalid unix socket mask {0:?} (octal, e.g. 700)")]
+    Mask(String),
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+}
+
+/// Parse `1m`, `512k`, `2048` into bytes.
+pub fn parse_size(s: &str) -> Result<usize, ConfigError> {
+    let t = s.trim();
+    let (num, mult) = match t.as_bytes().last() {
+        Some(b'k' | b'K') => (&t[..t.len() - 1], 1024),
+        Some(b'm' | b'M') => (&t[..t.len() - 1], 1024 * 1024),
+        _ => (t, 1),
+    };
+    num.parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| ConfigError::ItemSize(s.to_string()))
+}
+
+impl Settings {
+    /// Parse the process arguments and the config file they name.
+    pub fn from_args<I, T>(args: I) -> Result<Settings, anyhow::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args)?;
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Ok(Settings::resolve(cli, file)?)
+    }
+
+    /// Merge: command line, then file, then defaults.
+    pub fn resolve(cli: Cli, file: FileConfig) -> Result<Settings, ConfigError> {
+        let mut warnings = Vec::new();
+        if let Some(udp) = cli.udp_port {
+            if udp != 0 {
+                return Err(ConfigError::Udp(udp));
+            }
+        }
+        let item_size_max = match cli
+            .max_item_size
+            .as_deref()
+            .or(file.max_item_size.as_deref())
+        {
+            Some(s) => parse_size(s)?,
+            None => 1024 * 1024,
+        };
+        if !(1024..=1024 * 1024 * 1024).contains(&item_size_max) {
+            return Err(ConfigError::ItemSizeRange(item_size_max));
+        }
+        let mask_str = cli
+            .unix_mask
+            .or(file.unix_mask)
+            .unwrap_or_else(|| "700".into());
+        let unix_mask =
+            u32::from_str_radix(&mask_str, 8).map_err(|_| ConfigError::Mask(mask_str.clone()))?;
+        let memory_mb = cli.memory_limit.or(file.memory_limit).unwrap_or(64);
+        let threads = cli.threads.or(file.threads).unwrap_or(4);
+        if threads == 0 {
+            return Err(ConfigError::Zero("threads (-t)"));
+        }
+        let max_conns = cli.conn_limit.or(file.conn_limit).unwrap_or(1024);
+        if max_conns == 0 {
+            return Err(ConfigError::Zero("connection limit (-c)"));
+        }
+        for opt in &cli.extended {
+            let name = opt.split('=').next().unwrap_or("");
+            if !name.is_empty() {
+                warnings.push(format!("ignoring unsupported extended option -o {opt}"));
+            }
+        }
+        if cli.growth_factor.is_some() || cli.slab_min_size.is_some() {
+            warnings.push("slab options -f/-n are ignored: memtwin has no slab allocator".into());
+        }
+        if cli.max_reqs_per_event.is_some() {
+            warnings.push("-R is ignored".into());
+        }
+        let listen = if !cli.listen.is_empty() {
+            cli.listen
+        } else {
+            file.listen.unwrap_or_else(|| vec!["127.0.0.1".into()])
+        };
+        Ok(Settings {
+            port: cli.port.or(file.port).unwrap_or(11211),
+            listen,
+            unix_socket: cli.unix_socket.or(file.unix_socket),
+            unix_mask,
+            memory_limit: usize::try_from(memory_mb.saturating_mul(1024 * 1024))
+                .unwrap_or(usize::MAX),
+            max_conns,
+            threads,
+            item_size_max,
+            evict: !(cli.disable_evictions || file.disable_evictions.unwrap_or(false)),
+            cas: !(cli.disable_cas || file.disable_cas.unwrap_or(false)),
+            flush_enabled: !(cli.disable_flush_all || file.disable_flush_all.unwrap_or(false)),
+            shutdown_enabled: cli.enable_shutdown || file.enable_shutdown.unwrap_or(false),
+            verbose: if cli.verbose > 0 {
+                cli.verbose
+            } else {
+                file.verbose.unwrap_or(0)
+            },
+            protocol: cli.protocol.or(file.protocol).unwrap_or_default(),
+            sasl: cli.enable_sasl || file.enable_sasl.unwrap_or(false),
+            sasl_pwdb: cli.sasl_pwdb.or(file.sasl_pwdb),
+            auth_file: cli.auth_file.or(file.auth_file),
+            user: cli.user.or(file.user),
+            pidfile: cli.pidfile.or(file.pidfile),
+            daemon: cli.daemon,
+            backlog: cli.listen_backlog.or(file.listen_backlog).unwrap_or(1024),
+            idle_timeout: cli.idle_timeout.or(file.idle_timeout).unwrap_or(0),
+            warnings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Settings {
+        let mut v = vec!["memtwin"];
+        v.extend_from_slice(args);
+        Settings::from_args(v).expect("valid")
+    }
+
+    #[test]
+    fn defaults() {
+        let s = settings(&[]);
+        assert_eq!(
+            (s.port, s.listen.clone(), s.memory_limit, s.max_conns),
+            (11211, vec!["127.0.0.1".to_string()], 64 << 20, 1024)
+        );
+        assert_eq!(s.item_size_max, 1 << 20);
+        assert!(s.evict && s.cas && s.flush_enabled && !s.shutdown_enabled);
+    }
+
+    #[test]
+    fn memcached_flags() {
+        let s = settings(&[
+            "-p",
+            "22122",
+            "-l",
+            "127.0.0.1,::1",
+            "-m",
+            "128",
+            "-c",
+            "10",
+            "-t",
+            "2",
+            "-I",
+            "2m",
+            "-M",
+            "-C",
+            "-F",
+            "-A",
+            "-U",
+            "0",
+            "-vv",
+            "-u",
+            "root",
+            "-o",
+            "modern,lru_crawler",
+        ]);
+        assert_eq!(s.port, 22122);
+        assert_eq!(s.listen, vec!["127.0.0.1", "::1"]);
+        assert_eq!(
+            (s.memory_limit, s.max_conns, s.threads, s.item_size_max),
+            (128 << 20, 10, 2, 2 << 20)
+        );
+        assert!(!s.evict && !s.cas && !s.flush_enabled && s.shutdown_enabled);
+        assert_eq!(s.verbose, 2);
+        assert_eq!(s.warnings.len(), 2);
+    }
+
+    #[test]
+    fn udp_is_refused() {
+        let e = Settings::from_args(["memtwin", "-U", "11211"]).expect_err("udp refused");
+        assert!(e.to_string().contains("UDP is not supported"));
+    }
+
+    #[test]
+    fn cli_wins_over_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "port = 1234\nmemory-limit = 8\nlisten = [\"0.0.0.0\"]\n",
+        )
+        .expect("write");
+        let s = settings(&["--config", path.to_str().expect("utf8"), "-p", "999"]);
+        assert_eq!(
+            (s.port, s.memory_limit, s.listen.clone()),
+            (999, 8 << 20, vec!["0.0.0.0".to_string()])
+        );
+        std::fs::write(&path, "bogus = 1\n").expect("write");
+        assert!(
+            Settings::from_args(["memtwin", "--config", path.to_str().expect("utf8")]).is_err()
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1m").expect("ok"), 1 << 20);
+        assert_eq!(parse_size("512k").expect("ok"), 512 << 10);
+        assert!(parse_size("lots").is_err());
+    }
+}

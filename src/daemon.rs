@@ -1,0 +1,146 @@
+//! Process-level operations glue: daemonizing, pid files, dropping privileges,
+//! signals, and the top-level `run` that wires engine, listeners and server.
+
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::engine::{Engine, EngineConfig};
+use crate::mutation::MutationStream;
+use crate::server;
+use crate::session::Shared;
+use crate::stats::Stats;
+use crate::store::StoreConfig;
+use anyhow::{bail, Context};
+use std::ffi::CString;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Detach from the terminal (`-d`). Must run before any threads exist.
+pub fn daemonize() -> anyhow::Result<()> {
+    // SAFETY: called from main before the runtime or any other thread starts, so
+    // fork() duplicates a single-threaded process.
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork failed: {}", std::io::Error::last_os_error()),
+        0 => {}
+        // SAFETY: the parent exits immediately without running destructors.
+        _ => unsafe { libc::_exit(0) },
+    }
+    // SAFETY: plain syscalls on our own process.
+    unsafe {
+        if libc::setsid() == -1 {
+            bail!("setsid failed: {}", std::io::Error::last_os_error());
+        }
+        let devnull = CString::new("/dev/null").context("path")?;
+        let fd = libc::open(devnull.as_ptr(), libc::O_RDWR);
+        if fd >= 0 {
+            libc::dup2(fd, 0);
+            libc::dup2(fd, 1);
+            libc::dup2(fd, 2);
+            if fd > 2 {
+                libc::close(fd);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Write our pid (`-P`).
+pub fn write_pidfile(path: &Path) -> anyhow::Result<()> {
+    std::fs::write(path, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write pid file {}", path.display()))
+}
+
+/// Drop root privileges to `user` (`-u`), as memcached does after binding.
+pub fn drop_privileges(user: Option<&str>) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    match user {
+        None if euid == 0 => {
+            tracing::warn!("running as root without -u: consider -u memcache or a dedicated user");
+            Ok(())
+        }
+        None => Ok(()),
+        Some("root") => Ok(()),
+        Some(_) if euid != 0 => {
+            tracing::warn!("-u ignored: not started as root");
+            Ok(())
+        }
+        Some(name) => {
+            let cname = CString::new(name).context("user name contains a NUL byte")?;
+            // SAFETY: getpwnam returns a pointer to static storage or NULL; we copy
+            // the fields we need before any other call that could overwrite it.
+            let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
+            if pw.is_null() {
+                bail!("can't find the user {name} to switch to");
+            }
+            // SAFETY: pw is non-null and points to a valid passwd struct.
+            let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+            // SAFETY: plain syscalls; errors are checked.
+            unsafe {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    && libc::initgroups(cname.as_ptr(), gid) != 0
+                {
+                    bail!("failed to drop supplementary groups");
+                }
+                if libc::setgid(gid) != 0 {
+                    bail!("failed to assume the group of user {name}");
+                }
+                if libc::setuid(uid) != 0 {
+                    bail!("failed to assume the identity of user {name}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Build everything from the settings and serve until shut down.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let settings = Arc::new(settings);
+    let clock = Arc::new(Clock::new());
+    let stats = Arc::new(Stats::new());
+    let stream = Arc::new(MutationStream::new());
+    let engine = Arc::new(Engine::new(
+        EngineConfig {
+            store: StoreConfig {
+                limit: settings.memory_limit,
+                evict: settings.evict,
+                use_cas: settings.cas,
+            },
+            item_size_max: settings.item_size_max,
+        },
+        clock,
+        stats,
+        stream,
+    ));
+    let shared = Arc::new(Shared::new(engine, settings.clone()));
+    let listeners = server::bind_all(&settings).context("cannot listen")?;
+    if let Some(p) = &settings.pidfile {
+        write_pidfile(p)?;
+    }
+    drop_privileges(settings.user.as_deref())?;
+    for l in listeners.iter() {
+        tracing::info!("memtwin {} listening on {}", crate::VERSION, l.describe());
+    }
+    spawn_signal_handler(shared.clone())?;
+    server::serve(listeners, shared.clone()).await;
+    if let Some(p) = &settings.pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    tracing::info!("memtwin stopped");
+    Ok(())
+}
+
+fn spawn_signal_handler(shared: Arc<Shared>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = shared.shutdown.cancelled() => return,
+        }
+        shared.shutdown.cancel();
+    });
+    Ok(())
+}

@@ -1,0 +1,729 @@
+//! Command execution, independent of any wire format.
+//!
+//! The text, meta and binary protocols all decode into calls on [`Engine`] and
+//! encode its outcome enums into their own replies, so `set`, `add`, `incr` ...
+//! are implemented exactly once. The engine owns memcached's command semantics
+//! (CAS rules, add-as-lock, append keeping flags and TTL, incr padding, the
+//! too-large unlink rule) and the per-command counters; the [`Store`] below it
+//! owns memory, eviction, expiry and the mutation stream.
+
+pub mod numeric;
+
+use crate::clock::Clock;
+use crate::mutation::{ItemState, MutationStream, Op};
+use crate::stats::Stats;
+use crate::store::{Bits, Change, Item, ItemView, Lookup, Store, StoreConfig, StoreError};
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
+/// memcached's item header size on 64-bit builds, used for the `-I` limit so
+/// the largest accepted value is exactly memcached's (`item_size_max - 51 - key
+/// - 8 with CAS`).
+const ITEM_HEADER: usize = 48;
+
+/// Engine configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub store: StoreConfig,
+    /// Largest item, as `-I` (header + key + value).
+    pub item_size_max: usize,
+}
+
+/// How a value is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    Set,
+    Add,
+    Replace,
+    Append,
+    Prepend,
+}
+
+/// A write request.
+#[derive(Debug, Clone)]
+pub struct StoreCmd<'a> {
+    pub key: &'a [u8],
+    pub value: Bytes,
+    pub flags: u32,
+    /// Protocol exptime (relative / absolute / negative rules apply).
+    pub exptime: i64,
+    pub mode: StoreMode,
+    /// Compare-and-swap: with `Set` this is memcached's `cas` command (a missing
+    /// key is NOT_FOUND, a mismatch EXISTS, and 0 never matches); with the other
+    /// modes a non-zero value must match.
+    pub compare_cas: Option<u64>,
+    /// Meta `E`: the CAS the new version gets (instead of the next counter value).
+    pub new_cas: Option<u64>,
+    /// Meta `I` with `C`: a lower CAS is accepted and the item is marked stale.
+    pub invalidate: bool,
+    /// Meta `N` for append/prepend: create the item (with this exptime) when missing.
+    pub vivify: Option<i64>,
+}
+
+impl<'a> StoreCmd<'a> {
+    pub fn new(mode: StoreMode, key: &'a [u8], flags: u32, exptime: i64, value: Bytes) -> Self {
+        StoreCmd {
+            key,
+            value,
+            flags,
+            exptime,
+            mode,
+            compare_cas: None,
+            new_cas: None,
+            invalidate: false,
+            vivify: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    Stored {
+        cas: u64,
+    },
+    NotStored,
+    Exists,
+    NotFound,
+    TooLarge,
+    NoMemory,
+    /// Persistence cannot accept writes (disk full, I/O error).
+    Unavailable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    NotFound,
+    Exists,
+    Unavailable,
+}
+
+/// An incr/decr request.
+#[derive(Debug, Clone)]
+pub struct DeltaCmd<'a> {
+    pub key: &'a [u8],
+    pub incr: bool,
+    pub delta: u64,
+    /// Create the item with this initial value and exptime when missing
+    /// (binary protocol, meta `N`/`J`).
+    pub create: Option<(u64, i64)>,
+    pub compare_cas: Option<u64>,
+    pub new_cas: Option<u64>,
+    /// Meta `T`: also update the TTL.
+    pub touch: Option<i64>,
+}
+
+impl<'a> DeltaCmd<'a> {
+    pub fn new(key: &'a [u8], incr: bool, delta: u64) -> Self {
+        DeltaCmd {
+            key,
+            incr,
+            delta,
+            create: None,
+            compare_cas: None,
+            new_cas: None,
+            touch: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeltaOutcome {
+    /// The new number, and the resulting item.
+    Value {
+        value: u64,
+        cas: u64,
+        exptime: u32,
+        created: bool,
+    },
+    NotFound,
+    NonNumeric,
+    Exists,
+    NoMemory,
+    Unavailable,
+}
+
+pub struct Engine {
+    store: Store,
+    clock: Arc<Clock>,
+    stats: Arc<Stats>,
+    item_size_max: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl Engine {
+    pub fn new(
+        cfg: EngineConfig,
+        clock: Arc<Clock>,
+        stats: Arc<Stats>,
+        stream: Arc<MutationStream>,
+    ) -> Self {
+        Engine {
+            store: Store::new(cfg.store, stream, stats.clone()),
+            clock,
+            stats,
+            item_size_max: cfg.item_size_max,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn stream(&self) -> &Arc<MutationStream> {
+        self.store.stream()
+    }
+
+    pub fn item_size_max(&self) -> usize {
+        self.item_size_max
+    }
+
+    #[inline]
+    pub fn now(&self) -> u32 {
+        self.clock.now()
+    }
+
+    /// Whether an item with this key and value length fits under `-I`.
+    pub fn fits(&self, key_len: usize, value_len: usize) -> bool {
+        let cas = if self.store.use_cas() { 8 } else { 0 };
+        ITEM_HEADER + key_len + 1 + value_len + 2 + cas <= self.item_size_max
+    }
+
+    // ---- reads ------------------------------------------------------------
+
+    /// `get`: one key. Counts `cmd_get`, hits, misses, expired and flushed.
+    pub fn get(&self, key: &[u8]) -> Option<ItemView> {
+        self.get_opts(key, true)
+    }
+
+    /// A read with optional LRU bump (meta `u` disables it).
+    pub fn get_opts(&self, key: &[u8], bump: bool) -> Option<ItemView> {
+        self.stats.bump(|c| &c.cmd_get);
+        match self.store.get(key, self.now(), bump) {
+            Lookup::Hit(v) => {
+                self.stats.bump(|c| &c.get_hits);
+                Some(v)
+            }
+            Lookup::Miss => {
+                self.stats.bump(|c| &c.get_misses);
+                None
+            }
+            Lookup::Expired => {
+                self.stats.bump(|c| &c.get_misses);
+                self.stats.bump(|c| &c.get_expired);
+                None
+            }
+            Lookup::Flushed => {
+                self.stats.bump(|c| &c.get_misses);
+                self.stats.bump(|c| &c.get_flushed);
+                None
+            }
+        }
+    }
+
+    /// `gat`/`gats`: read and set a new TTL. The CAS value does not change.
+    pub fn get_and_touch(&self, key: &[u8], exptime: i64) -> Option<ItemView> {
+        self.stats.bump(|c| &c.cmd_touch);
+        self.stats.bump(|c| &c.cmd_get);
+        let hit = self.touch_inner(key, exptime, true);
+        match &hit {
+            Some(_) => {
+                self.stats.bump(|c| &c.touch_hits);
+                self.stats.bump(|c| &c.get_hits);
+            }
+            None => {
+                self.stats.bump(|c| &c.touch_misses);
+                self.stats.bump(|c| &c.get_misses);
+            }
+        }
+        hit
+    }
+
+    // ---- writes -----------------------------------------------------------
+
+    /// set/add/replace/append/prepend/cas.
+    pub fn store_item(&self, cmd: StoreCmd<'_>) -> StoreOutcome {
+        if !self.fits(cmd.key.len(), cmd.value.len()) {
+            return self.too_large(cmd);
+        }
+        self.stats.bump(|c| &c.cmd_set);
+        if !self.stream().accepts_writes() {
+            self.stats.bump(|c| &c.store_io_error);
+            return StoreOutcome::Unavailable;
+        }
+        let now = self.now();
+        let exptime = self.clock.expiry(cmd.exptime);
+        let is_cas = cmd.mode == StoreMode::Set && cmd.compare_cas.is_some();
+        let res = self.store.modify(cmd.key, now, |old| {
+            self.decide_store(&cmd, old, exptime, now)
+        });
+        match res {
+            Ok((outcome, _)) => {
+                if is_cas {
+                    match outcome {
+                        StoreOutcome::Stored { .. } => self.stats.bump(|c| &c.cas_hits),
+                        StoreOutcome::Exists => self.stats.bump(|c| &c.cas_badval),
+                        StoreOutcome::NotFound => self.stats.bump(|c| &c.cas_misses),
+                        _ => {}
+                    }
+                }
+                outcome
+            }
+            Err(StoreError::NoMemory) => {
+                self.unlink_after_failed_set(&cmd);
+                StoreOutcome::NoMemory
+            }
+        }
+    }
+
+    /// A write whose value does not fit under `-I`: counted, refused, and (for a
+    /// plain `set`) the old item is unlinked. The value itself may never have
+    /// been read (the text protocol swallows it unbuffered).
+    pub fn too_large(&self, cmd: StoreCmd<'_>) -> StoreOutcome {
+        self.stats.bump(|c| &c.cmd_set);
+        self.stats.bump(|c| &c.store_too_large);
+        self.unlink_after_failed_set(&cmd);
+        StoreOutcome::TooLarge
+    }
+
+    /// memcached unlinks the old item when a plain `set` fails to allocate
+    /// ("avoid stale data persisting in cache because we failed alloc").
+    fn unlink_after_failed_set(&self, cmd: &StoreCmd<'_>) {
+        if cmd.mode == StoreMode::Set && cmd.compare_cas.is_none() {
+            let _ = self.store.modify(cmd.key, self.now(), |old| {
+                (
+                    if old.is_some() {
+                        Change::Remove
+                    } else {
+                        Change::Keep
+                    },
+                    (),
+                )
+            });
+        }
+    }
+
+    fn decide_store(
+        &self,
+        cmd: &StoreCmd<'_>,
+        old: Option<&Item>,
+        exptime: u32,
+        now: u32,
+    ) -> (Change, StoreOutcome) {
+        let keep = |o| (Change::Keep, o);
+        let mut bits = 0;
+        let (value, flags, exptime) = match (cmd.mode, old) {
+            (StoreMode::Add, Some(it)) => {
+                // A failed add is memcached's lock/ping primitive: it promotes the
+                // item in the LRU but changes neither value, TTL nor CAS.
+                it.mark_accessed(now, false);
+                return keep(StoreOutcome::NotStored);
+            }
+            (StoreMode::Set, None) if cmd.compare_cas.is_some() => {
+                return keep(StoreOutcome::NotFound)
+            }
+            (StoreMode::Replace, None) => return keep(StoreOutcome::NotStored),
+            (StoreMode::Append | StoreMode::Prepend, None) => match cmd.vivify {
+                Some(ttl) => (cmd.value.clone(), cmd.flags, self.clock.expiry(ttl)),
+                None => return keep(StoreOutcome::NotStored),
+            },
+            (StoreMode::Set | StoreMode::Replace, Some(it)) if cmd.compare_cas.is_some() => {
+                let want = cmd.compare_cas.unwrap_or(0);
+                if want == it.cas && want != 0 {
+                    (cmd.value.clone(), cmd.flags, exptime)
+                } else if cmd.invalidate && want != 0 && want < it.cas {
+                    bits = Bits::STALE;
+                    (cmd.value.clone(), cmd.flags, exptime)
+                } else {
+                    return keep(StoreOutcome::Exists);
+                }
+            }
+            (StoreMode::Append | StoreMode::Prepend, Some(it)) => {
+                if let Some(want) = cmd.compare_cas {
+                    if want != 0 && want != it.cas {
+                        return keep(StoreOutcome::Exists);
+                    }
+                }
+                let mut v = BytesMut::with_capacity(it.value.len() + cmd.value.len());
+                if cmd.mode == StoreMode::Append {
+                    v.extend_from_slice(&it.value);
+                    v.extend_from_slice(&cmd.value);
+                } else {
+                    v.extend_from_slice(&cmd.value);
+                    v.extend_from_slice(&it.value);
+                }
+                // Appends keep the old flags, TTL and stale state.
+                bits = it.bits() & Bits::LOGICAL;
+                (v.freeze(), it.flags, it.exptime)
+            }
+            (_, _) => (cmd.value.clone(), cmd.flags, exptime),
+        };
+        let cas = self.assign_cas(cmd.new_cas);
+        (
+            Change::Put(
+                ItemState {
+                    value,
+                    flags,
+                    exptime,
+                    cas,
+                    bits,
+                },
+                Op::Store,
+            ),
+            StoreOutcome::Stored { cas },
+        )
+    }
+
+    fn assign_cas(&self, chosen: Option<u64>) -> u64 {
+        match chosen {
+            Some(c) if self.store.use_cas() => {
+                self.store.observe_cas(c);
+                c
+            }
+            _ => self.store.next_cas(),
+        }
+    }
+
+    /// `delete`, optionally compare-and-delete (binary CAS, meta `C`).
+    pub fn delete(&self, key: &[u8], compare_cas: Option<u64>) -> DeleteOutcome {
+        if !self.stream().accepts_writes() {
+            return DeleteOutcome::Unavailable;
+        }
+        let res = self.store.modify(key, self.now(), |old| match old {
+            None => (Change::Keep, DeleteOutcome::NotFound),
+            Some(it) => match compare_cas {
+                Some(c) if c != 0 && c != it.cas => (Change::Keep, DeleteOutcome::Exists),
+                _ => (Change::Remove, DeleteOutcome::Deleted),
+            },
+        });
+        let outcome = res.map(|(o, _)| o).unwrap_or(DeleteOutcome::NotFound);
+        match outcome {
+            DeleteOutcome::Deleted => self.stats.bump(|c| &c.delete_hits),
+            DeleteOutcome::NotFound => self.stats.bump(|c| &c.delete_misses),
+            _ => {}
+        }
+        outcome
+    }
+
+    /// `incr`/`decr`.
+    pub fn delta(&self, cmd: DeltaCmd<'_>) -> DeltaOutcome {
+        if !self.stream().accepts_writes() {
+            return DeltaOutcome::Unavailable;
+        }
+        let now = self.now();
+        let res = self.store.modify(cmd.key, now, |old| match old {
+            None => match cmd.create {
+                Some((initial, ttl)) => {
+                    let exptime = self.clock.expiry(ttl);
+                    let cas = self.assign_cas(cmd.new_cas);
+                    let value = Bytes::from(numeric::render(initial, 0));
+                    (
+                        Change::Put(
+                            ItemState {
+                                value,
+                                flags: 0,
+                                exptime,
+                                cas,
+                                bits: 0,
+                            },
+                            Op::Store,
+                        ),
+                        DeltaOutcome::Value {
+                            value: initial,
+                            cas,
+                            exptime,
+                            created: true,
+                        },
+                    )
+                }
+                None => (Change::Keep, DeltaOutcome::NotFound),
+            },
+            Some(it) => {
+                if let Some(want) = cmd.compare_cas {
+                    if want != 0 && want != it.cas {
+                        return (Change::Keep, DeltaOutcome::Exists);
+                    }
+                }
+                let Some(n) = numeric::parse_stored(&it.value) else {
+                    return (Change::Keep, DeltaOutcome::NonNumeric);
+                };
+                let n = numeric::apply_delta(n, cmd.delta, cmd.incr);
+                let exptime = cmd
+                    .touch
+                    .map(|t| self.clock.expiry(t))
+                    .unwrap_or(it.exptime);
+                let cas = self.assign_cas(cmd.new_cas);
+                let value = Bytes::from(numeric::render(n, it.value.len()));
+                (
+                    Change::Put(
+                        ItemState {
+                            value,
+                            flags: it.flags,
+                            exptime,
+                            cas,
+                            bits: it.bits() & Bits::LOGICAL,
+                        },
+                        Op::Store,
+                    ),
+                    DeltaOutcome::Value {
+                        value: n,
+                        cas,
+                        exptime,
+                        created: false,
+                    },
+                )
+            }
+        });
+        let outcome = match res {
+            Ok((o, _)) => o,
+            Err(StoreError::NoMemory) => DeltaOutcome::NoMemory,
+        };
+        let hit = matches!(
+            outcome,
+            DeltaOutcome::Value { created: false, .. }
+                | DeltaOutcome::NonNumeric
+                | DeltaOutcome::Exists
+        );
+        match (cmd.incr, hit) {
+            (true, true) => self.stats.bump(|c| &c.incr_hits),
+            (true, false) => self.stats.bump(|c| &c.incr_misses),
+            (false, true) => self.stats.bump(|c| &c.decr_hits),
+            (false, false) => self.stats.bump(|c| &c.decr_misses),
+        }
+        outcome
+    }
+
+    /// `touch`: new TTL, same value and CAS. Returns the item when it existed.
+    pub fn touch(&self, key: &[u8], exptime: i64) -> Option<ItemView> {
+        self.stats.bump(|c| &c.cmd_touch);
+        let hit = self.touch_inner(key, exptime, false);
+        if hit.is_some() {
+            self.stats.bump(|c| &c.touch_hits);
+        } else {
+            self.stats.bump(|c| &c.touch_misses);
+        }
+        hit
+    }
+
+    fn touch_inner(&self, key: &[u8], exptime: i64, fetch: bool) -> Option<ItemView> {
+        let now = self.now();
+        let exptime = self.clock.expiry(exptime);
+        let res = self.store.modify(key, now, |old| match old {
+            None => (Change::Keep, None),
+            Some(it) => {
+                let view = ItemView::of(it);
+                let mut state = it.state();
+                state.exptime = exptime;
+                if fetch {
+                    it.mark_accessed(now, true);
+                }
+                (Change::Put(state, Op::Touch), Some(view))
+            }
+        });
+        res.ok().and_then(|(v, _)| v)
+    }
+
+    /// `flush_all [delay]`: delay <= 0 flushes now; otherwise at `realtime(delay)`.
+    pub fn flush_all(&self, delay: i64) {
+        self.stats.bump(|c| &c.cmd_flush);
+        let now = self.now();
+        let at = if delay > 0 {
+            self.clock.expiry(delay)
+        } else {
+            now
+        };
+        self.store.flush(at, now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u32 = 1_800_000_000;
+
+    fn engine() -> Engine {
+        Engine::new(
+            EngineConfig {
+                store: StoreConfig {
+                    limit: 1 << 24,
+                    evict: true,
+                    use_cas: true,
+                },
+                item_size_max: 1 << 20,
+            },
+            Arc::new(Clock::fixed(NOW)),
+            Arc::new(Stats::new()),
+            Arc::new(MutationStream::new()),
+        )
+    }
+
+    fn set(e: &Engine, mode: StoreMode, key: &str, val: &str) -> StoreOutcome {
+        e.store_item(StoreCmd::new(
+            mode,
+            key.as_bytes(),
+            0,
+            0,
+            Bytes::copy_from_slice(val.as_bytes()),
+        ))
+    }
+
+    #[test]
+    fn failed_add_keeps_value_ttl_and_cas() {
+        let e = engine();
+        let mut cmd = StoreCmd::new(StoreMode::Set, b"lock", 3, 100, Bytes::from_static(b"a"));
+        let StoreOutcome::Stored { cas } = e.store_item(cmd.clone()) else {
+            panic!("stored")
+        };
+        cmd.mode = StoreMode::Add;
+        cmd.exptime = 5;
+        cmd.value = Bytes::from_static(b"b");
+        assert_eq!(e.store_item(cmd), StoreOutcome::NotStored);
+        let v = e.get(b"lock").expect("hit");
+        assert_eq!(
+            (v.value.as_ref(), v.flags, v.exptime, v.cas),
+            (&b"a"[..], 3, NOW + 100, cas)
+        );
+    }
+
+    #[test]
+    fn cas_rules() {
+        let e = engine();
+        let StoreOutcome::Stored { cas } = set(&e, StoreMode::Set, "k", "a") else {
+            panic!()
+        };
+        let mut c = StoreCmd::new(StoreMode::Set, b"k", 0, 0, Bytes::from_static(b"b"));
+        c.compare_cas = Some(0);
+        assert_eq!(e.store_item(c.clone()), StoreOutcome::Exists);
+        c.compare_cas = Some(cas + 1);
+        assert_eq!(e.store_item(c.clone()), StoreOutcome::Exists);
+        c.compare_cas = Some(cas);
+        assert!(matches!(
+            e.store_item(c.clone()),
+            StoreOutcome::Stored { .. }
+        ));
+        c.key = b"missing";
+        assert_eq!(e.store_item(c), StoreOutcome::NotFound);
+        let s = e.stats.snapshot();
+        assert_eq!((s.cas_hits, s.cas_badval, s.cas_misses), (1, 2, 1));
+    }
+
+    #[test]
+    fn touch_and_gat_keep_cas() {
+        let e = engine();
+        let StoreOutcome::Stored { cas } = set(&e, StoreMode::Set, "k", "a") else {
+            panic!()
+        };
+        assert_eq!(e.touch(b"k", 50).map(|v| v.cas), Some(cas));
+        assert_eq!(e.get_and_touch(b"k", 60).map(|v| v.cas), Some(cas));
+        let v = e.get(b"k").expect("hit");
+        assert_eq!((v.cas, v.exptime), (cas, NOW + 60));
+    }
+
+    #[test]
+    fn append_keeps_flags_and_ttl() {
+        let e = engine();
+        e.store_item(StoreCmd::new(
+            StoreMode::Set,
+            b"a",
+            5,
+            0,
+            Bytes::from_static(b"b"),
+        ));
+        e.store_item(StoreCmd::new(
+            StoreMode::Append,
+            b"a",
+            9,
+            100,
+            Bytes::from_static(b"cd"),
+        ));
+        e.store_item(StoreCmd::new(
+            StoreMode::Prepend,
+            b"a",
+            0,
+            0,
+            Bytes::from_static(b"z"),
+        ));
+        let v = e.get(b"a").expect("hit");
+        assert_eq!((v.value.as_ref(), v.flags, v.exptime), (&b"zbcd"[..], 5, 0));
+        assert_eq!(
+            set(&e, StoreMode::Append, "nope", "x"),
+            StoreOutcome::NotStored
+        );
+    }
+
+    #[test]
+    fn incr_decr_wrap_saturate_pad() {
+        let e = engine();
+        set(&e, StoreMode::Set, "n", "100");
+        assert!(matches!(
+            e.delta(DeltaCmd::new(b"n", false, 1)),
+            DeltaOutcome::Value { value: 99, .. }
+        ));
+        assert_eq!(e.get(b"n").expect("hit").value.as_ref(), b"99 ");
+        set(&e, StoreMode::Set, "m", "18446744073709551615");
+        assert!(matches!(
+            e.delta(DeltaCmd::new(b"m", true, 1)),
+            DeltaOutcome::Value { value: 0, .. }
+        ));
+        assert!(matches!(
+            e.delta(DeltaCmd::new(b"m", false, 5)),
+            DeltaOutcome::Value { value: 0, .. }
+        ));
+        set(&e, StoreMode::Set, "x", "abc");
+        assert_eq!(
+            e.delta(DeltaCmd::new(b"x", true, 1)),
+            DeltaOutcome::NonNumeric
+        );
+        assert_eq!(
+            e.delta(DeltaCmd::new(b"none", true, 1)),
+            DeltaOutcome::NotFound
+        );
+    }
+
+    #[test]
+    fn too_large_set_unlinks_old_item() {
+        let e = engine();
+        set(&e, StoreMode::Set, "big", "small");
+        let huge = Bytes::from(vec![b'x'; 1 << 20]);
+        assert_eq!(
+            e.store_item(StoreCmd::new(StoreMode::Set, b"big", 0, 0, huge)),
+            StoreOutcome::TooLarge
+        );
+        assert!(e.get(b"big").is_none());
+        // The largest value memcached accepts with a 2-byte key and CAS on.
+        assert!(e.fits(2, 1_048_515));
+        assert!(!e.fits(2, 1_048_516));
+        assert!(e.fits(250, 1_048_267));
+    }
+
+    #[test]
+    fn absolute_past_exptime_expires_at_once() {
+        let e = engine();
+        let c = StoreCmd::new(StoreMode::Add, b"probe", 0, 2_678_400, Bytes::new());
+        assert!(matches!(
+            e.store_item(c.clone()),
+            StoreOutcome::Stored { .. }
+        ));
+        assert!(e.get(b"probe").is_none());
+        assert!(
+            matches!(e.store_item(c), StoreOutcome::Stored { .. }),
+            "add succeeds again: the probe vanished"
+        );
+    }
+}

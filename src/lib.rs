@@ -1,0 +1,37 @@
+//! memtwin: a memcached-compatible session store.
+//!
+//! Data flows one way through the crate, and the module tree follows it:
+//!
+//! ```text
+//! bytes ──► protocol (wire formats, no I/O) ──► engine (command semantics)
+//!                                                  │
+//!                                   store (table) ◄┴► mutation stream ──► disk, twin
+//!                                                  │
+//! bytes ◄── protocol (reply encoding) ◄────────────┘
+//! ```
+//!
+//! * [`protocol`] parses requests and encodes replies. It never touches a socket.
+//! * [`engine`] executes protocol-independent commands (set, add, incr, touch ...)
+//!   against the [`store`], so the text, meta and binary protocols share one
+//!   implementation of every command.
+//! * [`store`] is the sharded in-memory table: memory accounting, eviction, expiry,
+//!   logical `flush_all`. Every state change it makes is published on the
+//!   [`mutation`] stream, the single feed for persistence and replication.
+//! * [`session`] turns a connection's bytes into engine calls and replies
+//!   (one state machine per protocol, no sockets).
+//! * [`server`] owns sockets, connection tasks, limits and graceful shutdown.
+//! * [`config`], [`stats`], [`clock`] and [`daemon`] are operations glue.
+
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod mutation;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod stats;
+pub mod store;
+
+/// Version string reported by `version` and `stats`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,64 @@
+//! The `memtwin` daemon binary: parse flags, set up logging, run.
+
+use memtwin::config::Settings;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let settings = match Settings::from_args(std::env::args_os()) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(clap_err) = e.downcast_ref::<clap::Error>() {
+                clap_err.exit();
+            }
+            eprintln!("memtwin: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    let default_level = match settings.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("memtwin={default_level},warn"))
+    });
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if journald {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
+    if settings.daemon {
+        if let Err(e) = memtwin::daemon::daemonize() {
+            eprintln!("memtwin: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.threads)
+        .thread_name("memtwin-worker")
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("memtwin: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(memtwin::daemon::run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("memtwin: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The mutation stream: one ordered feed of every state change.
+//!
+//! Every change the store makes (store, delete, touch, flush, expiry, eviction)
+//! gets a monotonic sequence number and, when anyone listens, a [`Mutation`]
+//! record carrying the *resulting* state: an `append` or `incr` is described by
+//! the item it produced, so applying records is idempotent and replaying them in
+//! sequence order reproduces the table. Persistence and twin replication are
+//! both subscribers of this one stream; neither has its own hooks.
+//!
+//! Costs: with no subscriber, publishing is a single `fetch_add` and no record is
+//! built. With subscribers, the sequence number is taken and the record sent
+//! under one lock, so every subscriber sees records in exactly sequence order
+//! (publishers already hold the key's shard lock, so per-key order is the order
+//! of the table).
+//!
+//! Acknowledgements: a subscriber can be *blocking* (e.g. `fsync=always`); then
+//! writers wait in [`MutationStream::wait_acked`] until it has acknowledged their
+//! sequence number before replying. When no blocking subscriber exists,
+//! [`MutationStream::must_wait`] is false and connections never wait. A
+//! subscriber that cannot make progress (disk full) marks itself unhealthy;
+//! the engine then refuses writes with an error instead of accepting data it
+//! cannot keep.
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// What kind of change a record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A value was written (set/add/replace/cas/append/prepend/incr/decr, meta
+    /// variants). `item` holds the full resulting item.
+    Store,
+    /// Only the expiry (or meta stale/win state) changed; `item` holds the result.
+    Touch,
+    /// The key was deleted by a client.
+    Delete,
+    /// The item expired or was found flushed and was reclaimed. Replicas expire on
+    /// their own from the absolute time; persistence removes it from disk.
+    Expire,
+    /// The item was evicted from RAM for lack of memory. Not a logical delete:
+    /// persistence keeps it on disk, replication ships nothing.
+    Evict,
+    /// `flush_all`: see [`Mutation::flush`].
+    Flush,
+}
+
+/// The state of an item after a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemState {
+    pub value: Bytes,
+    pub flags: u32,
+    /// Absolute Unix expiry, 0 = never.
+    pub exptime: u32,
+    pub cas: u64,
+    /// Meta-protocol state bits (see `store::item::Bits`), so a replica can
+    /// reproduce stale/win-token state.
+    pub bits: u8,
+}
+
+/// A logical flush: items last stored before `at` (Unix seconds) become invisible
+/// once the clock reaches `at`, and items with a sequence number `<= seq_ceiling`
+/// are invisible at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlushSpec {
+    pub at: u32,
+    pub seq_ceiling: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mutation {
+    pub seq: u64,
+    pub op: Op,
+    /// Empty for `Flush`.
+    pub key: Bytes,
+    /// Present for `Store` and `Touch`.
+    pub item: Option<ItemState>,
+    /// Present for `Flush`.
+    pub flush: Option<FlushSpec>,
+}
+
+/// Handle given to a subscriber: records arrive on `rx`; acknowledge with `ack`.
+pub struct Subscription {
+    pub rx: Receiver<Arc<Mutation>>,
+    pub ack: Arc<AckHandle>,
+}
+
+/// The subscriber's side of acknowledgements.
+#[derive(Debug)]
+pub struct AckHandle {
+    acked: watch::Sender<u64>,
+    healthy: AtomicBool,
+    blocking: bool,
+}
+
+impl AckHandle {
+    /// Everything up to and including `seq` has been made durable / delivered.
+    pub fn ack(&self, seq: u64) {
+        self.acked.send_if_modified(|v| {
+            if seq > *v {
+                *v = seq;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Report that the subscriber cannot keep up with writes (e.g. disk full), or has recovered.
+    /// Waiting writers are woken so they can fail instead of hanging.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
+        self.acked.send_modify(|_| {});
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+
+    pub fn acked(&self) -> u64 {
+        *self.acked.borrow()
+    }
+}
+
+/// Why a writer's acknowledgement did not arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    #[error("a blocking subscriber is unhealthy (e.g. disk write failed)")]
+    Unhealthy,
+    #[error("the subscriber went away")]
+    Closed,
+}
+
+#[derive(Default)]
+struct Sinks {
+    senders: Vec<Sender<Arc<Mutation>>>,
+}
+
+/// The single stream of mutations.
+pub struct MutationStream {
+    last_seq: AtomicU64,
+    active: AtomicBool,
+    sinks: Mutex<Sinks>,
+    acks: Mutex<Vec<Arc<AckHandle>>>,
+    /// Snapshot of the blocking ack handles, for lock-free checks on the hot path.
+    blocking: arc_list::ArcList,
+}
+
+mod arc_list {
+    //! A tiny copy-on-write list: readers clone an `Arc<Vec<_>>` under a short lock.
+    use super::AckHandle;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    pub struct ArcList(Mutex<Arc<Vec<Arc<AckHandle>>>>);
+
+    impl ArcList {
+        pub fn get(&self) -> Arc<Vec<Arc<AckHandle>>> {
+            match self.0.lock() {
+                Ok(g) => g.clone(),
+                Err(p) => p.into_inner().clone(),
+            }
+        }
+        pub fn push(&self, h: Arc<AckHandle>) {
+            let mut g = match self.0.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let mut v: Vec<_> = g.as_ref().clone();
+            v.push(h);
+            *g = Arc::new(v);
+        }
+    }
+}
+
+impl Default for MutationStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MutationStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MutationStream")
+            .field("last_seq", &self.last_seq())
+            .finish()
+    }
+}
+
+impl MutationStream {
+    pub fn new() -> Self {
+        Self::starting_at(0)
+    }
+
+    /// A stream whose next sequence number is `last + 1` (after a warm restart).
+    pub fn starting_at(last: u64) -> Self {
+        MutationStream {
+            last_seq: AtomicU64::new(last),
+            active: AtomicBool::new(false),
+            sinks: Mutex::new(Sinks::default()),
+            acks: Mutex::new(Vec::new()),
+            blocking: arc_list::ArcList::default(),
+        }
+    }
+
+    /// The last sequence number handed out.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::SeqCst)
+    }
+
+    /// Raise the counter so the next number is above `seq` (used when loading persisted data).
+    pub fn advance_to(&self, seq: u64) {
+        self.last_seq.fetch_max(seq, Ordering::SeqCst);
+    }
+
+    /// Register a subscriber. Subscribe before serving clients: records published
+    /// concurrently with the subscription itself may be missed. `capacity` bounds
+    /// the queue; a full queue makes writers wait (back-pressure), it never drops.
+    /// A `blocking` subscriber makes writers wait for its acknowledgement.
+    pub fn subscribe(&self, capacity: usize, blocking: bool) -> Subscription {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        let (acked, _) = watch::channel(self.last_seq());
+        let ack = Arc::new(AckHandle {
+            acked,
+            healthy: AtomicBool::new(true),
+            blocking,
+        });
+        lock(&self.sinks).senders.push(tx);
+        lock(&self.acks).push(ack.clone());
+        if blocking {
+            self.blocking.push(ack.clone());
+        }
+        self.active.store(true, Ordering::SeqCst);
+        Subscription { rx, ack }
+    }
+
+    /// Whether anyone listens (records are only built then).
+    #[inline]
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Take the next sequence number and, if anyone listens, publish the record
+    /// `build(seq)`. Returns the sequence number.
+    #[inline]
+    pub fn publish(&self, build: impl FnOnce(u64) -> Mutation) -> u64 {
+        if !self.is_active() {
+            return self.last_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        }
+        let mut sinks = lock(&self.sinks);
+        let seq = self.last_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let m = Arc::new(build(seq));
+        sinks.senders.retain(|tx| tx.send(m.clone()).is_ok());
+        seq
+    }
+
+    /// Whether writers have to wait for acknowledgements before replying.
+    #[inline]
+    pub fn must_wait(&self) -> bool {
+        self.is_active() && !self.blocking.get().is_empty()
+    }
+
+    /// False when a blocking subscriber reported it cannot persist writes.
+    pub fn accepts_writes(&self) -> bool {
+        !self.is_active() || self.blocking.get().iter().all(|a| a.is_healthy())
+    }
+
+    /// All subscribers' ack handles (for stats).
+    pub fn ack_handles(&self) -> Vec<Arc<AckHandle>> {
+        lock(&self.acks).clone()
+    }
+
+    /// Wait until every blocking subscriber acknowledged `seq`.
+    pub async fn wait_acked(&self, seq: u64) -> Result<(), AckError> {
+        let handles = self.blocking.get();
+        for h in handles.iter().filter(|h| h.blocking) {
+            let mut rx = h.acked.subscribe();
+            let res = rx.wait_for(|v| *v >= seq || !h.is_healthy()).await;
+            match res {
+                Ok(v) if *v >= seq => {}
+                Ok(_) => return Err(AckError::Unhealthy),
+                Err(_) => return Err(AckError::Closed),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64) -> Mutation {
+        Mutation {
+            seq,
+            op: Op::Delete,
+            key: Bytes::from_static(b"k"),
+            item: None,
+            flush: None,
+        }
+    }
+
+    #[test]
+    fn without_subscribers_only_numbers_advance() {
+        let s = MutationStream::new();
+        assert_eq!(
+            s.publish(|_| unreachable!("no record is built without subscribers")),
+            1
+        );
+        assert_eq!(s.publish(|_| unreachable!()), 2);
+        assert!(!s.must_wait());
+        assert!(s.accepts_writes());
+    }
+
+    #[test]
+    fn subscribers_see_records_in_sequence_order() {
+        let s = Arc::new(MutationStream::new());
+        let sub = s.subscribe(1 << 16, false);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        s.publish(rec);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("join");
+        }
+        let seqs: Vec<u64> = sub.rx.try_iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=2000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn blocking_subscriber_gates_writers() {
+        let s = Arc::new(MutationStream::new());
+        let sub = s.subscribe(16, true);
+        assert!(s.must_wait());
+        let seq = s.publish(rec);
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move { s.wait_acked(seq).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        sub.ack.ack(seq);
+        assert_eq!(waiter.await.expect("join"), Ok(()));
+
+        let seq = s.publish(rec);
+        sub.ack.set_healthy(false);
+        assert!(!s.accepts_writes());
+        assert_eq!(s.wait_acked(seq).await, Err(AckError::Unhealthy));
+    }
+}

@@ -1,0 +1,115 @@
+//! One client connection: read, let the session process, write its replies in
+//! one write, repeat. The protocol is chosen by the first byte (0x80 = binary).
+
+use crate::config::BindingProtocol;
+use crate::server::listen::Stream;
+use crate::session::text::TextSession;
+use crate::session::{Flow, Shared};
+use bytes::BytesMut;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const READ_CHUNK: usize = 16 * 1024;
+/// Give a buffer that grew for a large value back when it is idle again.
+const SHRINK_ABOVE: usize = 256 * 1024;
+
+enum Session {
+    Text(TextSession),
+}
+
+impl Session {
+    fn process(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Flow {
+        match self {
+            Session::Text(s) => s.process(input, out),
+        }
+    }
+    fn take_mutated(&mut self) -> bool {
+        match self {
+            Session::Text(s) => s.take_mutated(),
+        }
+    }
+}
+
+fn choose(first: u8, shared: &std::sync::Arc<Shared>) -> Option<Session> {
+    match (shared.settings.protocol, first) {
+        (BindingProtocol::Binary, _) | (BindingProtocol::Auto, 0x80) => None,
+        _ => Some(Session::Text(TextSession::new(shared.clone()))),
+    }
+}
+
+pub async fn run(mut sock: Stream, shared: &std::sync::Arc<Shared>) {
+    let mut input = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    let mut session: Option<Session> = None;
+    let stats = shared.engine.stats();
+    let idle = match shared.settings.idle_timeout {
+        0 => None,
+        s => Some(Duration::from_secs(s)),
+    };
+    loop {
+        if input.capacity() - input.len() < READ_CHUNK / 2 {
+            input.reserve(READ_CHUNK);
+        }
+        let read = async {
+            match idle {
+                Some(d) => tokio::time::timeout(d, sock.read_buf(&mut input))
+                    .await
+                    .unwrap_or(Ok(0)),
+                None => sock.read_buf(&mut input).await,
+            }
+        };
+        let n = tokio::select! {
+            r = read => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = shared.shutdown.cancelled() => return,
+        };
+        stats.add(|c| &c.bytes_read, n as u64);
+        if session.is_none() {
+            match choose(input[0], shared) {
+                Some(s) => session = Some(s),
+                None => {
+                    tracing::debug!("binary protocol is not available on this connection");
+                    return;
+                }
+            }
+        }
+        let Some(sess) = session.as_mut() else { return };
+        loop {
+            let flow = sess.process(&mut input, &mut out);
+            if sess.take_mutated() {
+                let stream = shared.engine.stream();
+                if stream.must_wait() {
+                    if let Err(e) = stream.wait_acked(stream.last_seq()).await {
+                        // The outcome of these writes is unknown to us: say nothing rather
+                        // than a success we cannot vouch for; the client sees a closed connection.
+                        tracing::warn!("closing connection: write not acknowledged ({e})");
+                        return;
+                    }
+                }
+            }
+            if !out.is_empty() {
+                if sock.write_all(&out).await.is_err() {
+                    return;
+                }
+                stats.add(|c| &c.bytes_written, out.len() as u64);
+                out.clear();
+            }
+            match flow {
+                Flow::NeedInput => break,
+                Flow::Flush => continue,
+                Flow::Close => {
+                    let _ = sock.shutdown().await;
+                    return;
+                }
+            }
+        }
+        if input.is_empty() && input.capacity() > SHRINK_ABOVE {
+            input = BytesMut::with_capacity(READ_CHUNK);
+        }
+        if out.capacity() > SHRINK_ABOVE {
+            out = BytesMut::with_capacity(READ_CHUNK);
+        }
+    }
+}

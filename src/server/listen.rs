@@ -1,0 +1,151 @@
+//! Binding TCP and unix listeners from the settings.
+
+use crate::config::Settings;
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, UnixListener};
+
+/// A bound listener of either family.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+/// An accepted connection.
+pub enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    pub async fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok(Stream::Tcp(s))
+            }
+            Listener::Unix(l, _) => Ok(Stream::Unix(l.accept().await?.0)),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "tcp".into()),
+            Listener::Unix(_, p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// All listeners of the process.
+pub struct Listeners(Vec<Listener>);
+
+impl Listeners {
+    pub fn into_vec(self) -> Vec<Listener> {
+        self.0
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Listener> {
+        self.0.iter()
+    }
+}
+
+fn resolve(spec: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    if let Ok(sa) = spec.parse::<SocketAddr>() {
+        return Ok(vec![sa]);
+    }
+    let host = spec.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    // host or host:port
+    let (h, p) = match spec.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.parse::<u16>().unwrap_or(port)),
+        _ => (spec, port),
+    };
+    Ok((h, p).to_socket_addrs()?.collect())
+}
+
+/// Bind every configured listener (before privileges are dropped).
+pub fn bind_all(settings: &Settings) -> io::Result<Listeners> {
+    let mut out = Vec::new();
+    if let Some(path) = &settings.unix_socket {
+        // memcached removes a stale socket file before binding.
+        let _ = std::fs::remove_file(path);
+        let l = UnixListener::bind(path)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(settings.unix_mask))?;
+        out.push(Listener::Unix(l, path.clone()));
+        return Ok(Listeners(out));
+    }
+    for spec in &settings.listen {
+        for addr in resolve(spec, settings.port)? {
+            let sock = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            sock.set_reuseaddr(true)?;
+            sock.bind(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
+            out.push(Listener::Tcp(sock.listen(settings.backlog)?));
+        }
+    }
+    Ok(Listeners(out))
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Sockets: listeners, the accept loop, connection limits, housekeeping and
+//! graceful shutdown. Protocol work is delegated to [`crate::session`].
+
+mod conn;
+mod listen;
+
+use crate::session::Shared;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio_util::task::TaskTracker;
+
+pub use listen::{bind_all, Listener, Listeners};
+
+/// How long in-flight connections get to finish after shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serve on already bound listeners until `shared.shutdown` is cancelled.
+pub async fn serve(listeners: Listeners, shared: Arc<Shared>) {
+    let tracker = TaskTracker::new();
+    tracker.spawn(housekeeping(shared.clone()));
+    for l in listeners.into_vec() {
+        tracker.spawn(accept_loop(l, shared.clone(), tracker.clone()));
+    }
+    shared.shutdown.cancelled().await;
+    shared.accepting.store(false, Ordering::Relaxed);
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish within {:?}", DRAIN_TIMEOUT);
+    }
+}
+
+/// Tick the clock every second and reap expired items a slice at a time.
+async fn housekeeping(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        let engine = &shared.engine;
+        engine.clock().tick();
+        let store = engine.store();
+        // A full pass over the table about once a minute, at least 10k items a second.
+        let budget = (store.len() / 60).max(10_000);
+        store.reap(engine.now(), budget);
+    }
+}
+
+async fn accept_loop(listener: Listener, shared: Arc<Shared>, tracker: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shared.shutdown.cancelled() => return,
+        };
+        let mut stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                shared.engine.stats().bump(|c| &c.listen_disabled_num);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let stats = shared.engine.stats();
+        let current = shared.curr_conns.fetch_add(1, Ordering::AcqRel) + 1;
+        if current > shared.settings.max_conns {
+            shared.curr_conns.fetch_sub(1, Ordering::AcqRel);
+            stats.bump(|c| &c.rejected_connections);
+            tracker.spawn(async move {
+                let _ = stream
+                    .write_all(b"ERROR Too many open connections\r\n")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        }
+        stats.bump(|c| &c.total_connections);
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            conn::run(stream, &shared).await;
+            shared.curr_conns.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}

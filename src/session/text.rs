@@ -1,0 +1,326 @@
+//! The text-protocol session: classic commands (and meta commands, which share
+//! the connection) executed against the engine.
+
+use crate::engine::{DeleteOutcome, DeltaCmd, DeltaOutcome, StoreCmd, StoreOutcome};
+use crate::protocol::text::{self, Command, Frame, Rejected, TextError, Tokens};
+use crate::session::{report, Flow, Shared, OUTPUT_HIGH_WATER};
+use bytes::{Buf, Bytes, BytesMut};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub struct TextSession {
+    shared: Arc<Shared>,
+    /// Bytes of a rejected data block still to discard.
+    swallow: usize,
+    /// Whether a mutating command ran since the server last asked.
+    mutated: bool,
+}
+
+impl TextSession {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        TextSession {
+            shared,
+            swallow: 0,
+            mutated: false,
+        }
+    }
+
+    /// True once after any command that may have changed data.
+    pub fn take_mutated(&mut self) -> bool {
+        std::mem::take(&mut self.mutated)
+    }
+
+    /// Bytes of input the session needs before it can make progress (to size reads).
+    pub fn process(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Flow {
+        loop {
+            if self.swallow > 0 {
+                let n = self.swallow.min(input.len());
+                input.advance(n);
+                self.swallow -= n;
+                if self.swallow > 0 {
+                    return Flow::NeedInput;
+                }
+            }
+            if input.is_empty() {
+                return Flow::NeedInput;
+            }
+            if out.len() >= OUTPUT_HIGH_WATER {
+                return Flow::Flush;
+            }
+            let (end, next) = match text::frame(input) {
+                Frame::Incomplete => return Flow::NeedInput,
+                Frame::Close => return Flow::Close,
+                Frame::Line { end, next } => (end, next),
+            };
+            match self.command(input, end, next, out) {
+                Step::Consumed(n) => input.advance(n),
+                Step::NeedMore => return Flow::NeedInput,
+                Step::Close(n) => {
+                    input.advance(n);
+                    return Flow::Close;
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, input: &BytesMut, end: usize, next: usize, out: &mut BytesMut) -> Step {
+        let line = &input[..end];
+        let cmd = match text::parse(line) {
+            Ok(c) => c,
+            Err(r) => return self.rejected(r, next, out),
+        };
+        let e = &self.shared.engine;
+        match cmd {
+            Command::Get { keys, cas, touch } => {
+                if let Err(r) = text::check_keys(keys) {
+                    return self.rejected(r, next, out);
+                }
+                for key in Tokens::new(keys) {
+                    let hit = match touch {
+                        Some(exptime) => {
+                            self.mutated = true;
+                            e.get_and_touch(key, exptime)
+                        }
+                        None => e.get(key),
+                    };
+                    if let Some(v) = hit {
+                        text::put_value(out, key, v.flags, &v.value, cas.then_some(v.cas));
+                    }
+                }
+                text::put_line(out, b"END");
+            }
+            Command::Store {
+                mode,
+                key,
+                flags,
+                exptime,
+                len,
+                cas,
+                noreply,
+            } => {
+                let total = next + len + 2;
+                if !e.fits(key.len(), len) {
+                    // Reply now and discard the data block without buffering it.
+                    let mut c = StoreCmd::new(mode, key, flags, exptime, Bytes::new());
+                    c.compare_cas = cas;
+                    self.mutated = true;
+                    let outcome = e.too_large(c);
+                    self.store_reply(outcome, noreply, out);
+                    self.swallow = len + 2;
+                    return Step::Consumed(next);
+                }
+                if input.len() < total {
+                    return Step::NeedMore;
+                }
+                let data = &input[next..total];
+                if &data[len..] != b"\r\n" {
+                    if !noreply {
+                        text::put_error(out, TextError::Client("bad data chunk"));
+                    }
+                    return Step::Consumed(total);
+                }
+                let mut c = StoreCmd::new(
+                    mode,
+                    key,
+                    flags,
+                    exptime,
+                    Bytes::copy_from_slice(&data[..len]),
+                );
+                c.compare_cas = cas;
+                self.mutated = true;
+                let outcome = e.store_item(c);
+                self.store_reply(outcome, noreply, out);
+                return Step::Consumed(total);
+            }
+            Command::Delete { key, noreply } => {
+                self.mutated = true;
+                let reply: &[u8] = match e.delete(key, None) {
+                    DeleteOutcome::Deleted => b"DELETED",
+                    DeleteOutcome::NotFound => b"NOT_FOUND",
+                    DeleteOutcome::Exists => b"EXISTS",
+                    DeleteOutcome::Unavailable => UNAVAILABLE,
+                };
+                reply_unless(out, noreply, reply);
+            }
+            Command::Delta {
+                key,
+                incr,
+                delta,
+                noreply,
+            } => {
+                self.mutated = true;
+                match e.delta(DeltaCmd::new(key, incr, delta)) {
+                    DeltaOutcome::Value { value, .. } => {
+                        if !noreply {
+                            text::put_number(out, value);
+                        }
+                    }
+                    DeltaOutcome::NotFound => reply_unless(out, noreply, b"NOT_FOUND"),
+                    DeltaOutcome::NonNumeric => reply_unless(
+                        out,
+                        noreply,
+                        b"CLIENT_ERROR cannot increment or decrement non-numeric value",
+                    ),
+                    DeltaOutcome::Exists => reply_unless(out, noreply, b"EXISTS"),
+                    DeltaOutcome::NoMemory => {
+                        reply_unless(out, noreply, b"SERVER_ERROR out of memory")
+                    }
+                    DeltaOutcome::Unavailable => reply_unless(out, noreply, UNAVAILABLE),
+                }
+            }
+            Command::Touch {
+                key,
+                exptime,
+                noreply,
+            } => {
+                self.mutated = true;
+                let reply: &[u8] = if e.touch(key, exptime).is_some() {
+                    b"TOUCHED"
+                } else {
+                    b"NOT_FOUND"
+                };
+                reply_unless(out, noreply, reply);
+            }
+            Command::FlushAll { delay, noreply } => {
+                if !self.shared.settings.flush_enabled {
+                    reply_unless(out, noreply, b"CLIENT_ERROR flush_all not allowed");
+                } else {
+                    self.mutated = true;
+                    e.flush_all(delay);
+                    reply_unless(out, noreply, b"OK");
+                }
+            }
+            Command::Version => {
+                text::put_line(out, format!("VERSION {}", crate::VERSION).as_bytes());
+            }
+            Command::Verbosity { level, noreply } => {
+                self.shared.verbosity.store(level.min(2), Ordering::Relaxed);
+                reply_unless(out, noreply, b"OK");
+            }
+            Command::Quit => return Step::Close(next),
+            Command::Shutdown { graceful: _ } => {
+                if !self.shared.settings.shutdown_enabled {
+                    text::put_line(out, b"ERROR: shutdown not enabled");
+                } else {
+                    tracing::info!("shutdown requested by a client");
+                    self.shared.shutdown.cancel();
+                    return Step::Close(next);
+                }
+            }
+            Command::Stats { args } => self.stats(args, out),
+            Command::CacheMemlimit { mb, noreply } => {
+                let reply: &[u8] = if mb < 8 {
+                    b"MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m"
+                } else if mb > 1_000_000_000 {
+                    b"MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes"
+                } else {
+                    e.store().set_limit(mb as usize * 1024 * 1024, e.now());
+                    b"OK"
+                };
+                reply_unless(out, noreply, reply);
+            }
+            Command::Meta { cmd, line } => {
+                return match crate::session::meta::execute(
+                    &self.shared,
+                    cmd,
+                    line,
+                    input,
+                    next,
+                    out,
+                ) {
+                    crate::session::meta::Step::Done { consumed, mutated } => {
+                        self.mutated |= mutated;
+                        Step::Consumed(consumed)
+                    }
+                    crate::session::meta::Step::NeedMore => Step::NeedMore,
+                    crate::session::meta::Step::Swallow { consumed, swallow } => {
+                        self.swallow = swallow;
+                        Step::Consumed(consumed)
+                    }
+                };
+            }
+        }
+        Step::Consumed(next)
+    }
+
+    fn rejected(&mut self, r: Rejected, next: usize, out: &mut BytesMut) -> Step {
+        if r.error == TextError::Close {
+            return Step::Close(next);
+        }
+        if !r.noreply {
+            text::put_error(out, r.error);
+        }
+        self.swallow = r.swallow;
+        Step::Consumed(next)
+    }
+
+    fn store_reply(&self, outcome: StoreOutcome, noreply: bool, out: &mut BytesMut) {
+        let reply: &[u8] = match outcome {
+            StoreOutcome::Stored { .. } => b"STORED",
+            StoreOutcome::NotStored => b"NOT_STORED",
+            StoreOutcome::Exists => b"EXISTS",
+            StoreOutcome::NotFound => b"NOT_FOUND",
+            StoreOutcome::TooLarge => b"SERVER_ERROR object too large for cache",
+            StoreOutcome::NoMemory => b"SERVER_ERROR out of memory storing object",
+            StoreOutcome::Unavailable => UNAVAILABLE,
+        };
+        reply_unless(out, noreply, reply);
+    }
+
+    fn stats(&self, args: &[u8], out: &mut BytesMut) {
+        let mut toks = Tokens::new(args);
+        let sub = toks.next();
+        let pairs = match sub {
+            None => report::general(&self.shared),
+            Some(b"settings") => report::settings(&self.shared),
+            Some(b"slabs") => report::slabs(&self.shared),
+            Some(b"items") | Some(b"sizes") | Some(b"conns") => Vec::new(),
+            Some(b"reset") => {
+                self.shared.engine.stats().reset();
+                text::put_line(out, b"RESET");
+                return;
+            }
+            Some(b"detail") => {
+                match toks.next() {
+                    Some(b"on") => {
+                        self.shared.detail.store(true, Ordering::Relaxed);
+                        text::put_line(out, b"OK");
+                    }
+                    Some(b"off") => {
+                        self.shared.detail.store(false, Ordering::Relaxed);
+                        text::put_line(out, b"OK");
+                    }
+                    Some(b"dump") => text::put_line(out, b"END"),
+                    _ => text::put_line(out, b"CLIENT_ERROR usage: stats detail on|off|dump"),
+                }
+                return;
+            }
+            Some(_) => {
+                text::put_line(out, b"ERROR");
+                return;
+            }
+        };
+        if sub == Some(b"sizes") {
+            text::put_stat(out, "sizes_status", "disabled");
+        }
+        for (name, value) in &pairs {
+            text::put_stat(out, name, value);
+        }
+        text::put_line(out, b"END");
+    }
+}
+
+/// The reply when persistence cannot accept writes (disk full, I/O error).
+pub const UNAVAILABLE: &[u8] = b"SERVER_ERROR unable to persist write";
+
+enum Step {
+    Consumed(usize),
+    NeedMore,
+    Close(usize),
+}
+
+fn reply_unless(out: &mut BytesMut, noreply: bool, reply: &[u8]) {
+    if !noreply {
+        text::put_line(out, reply);
+    }
+}

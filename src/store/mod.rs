@@ -1,0 +1,738 @@
+//! The in-memory table.
+//!
+//! A sharded hash map ([`dashmap`], seeded SipHash: keys are attacker-chosen)
+//! from key to [`Item`], plus what dashmap does not give:
+//!
+//! * **memory accounting**: every item is charged `key + value + ITEM_OVERHEAD`
+//!   bytes against the `-m` limit in one atomic counter;
+//! * **eviction**: an approximate LRU (CLOCK): a lock-free FIFO of keys, where an
+//!   item read since it was last examined gets a second chance;
+//! * **expiry**: lazy on access, plus [`Store::reap`] called by housekeeping;
+//! * **logical `flush_all`**: a [`FlushSpec`] compared on access, never a scan.
+//!
+//! The store is synchronous and never hands out a lock guard: reads return owned
+//! [`ItemView`]s and writes go through [`Store::modify`] with a closure that runs
+//! under the key's shard lock. So no guard can be held across an `.await`, and
+//! no code path holds two keys at once. Every change is published on the
+//! [`MutationStream`] while the shard lock is held, so per-key order in the
+//! stream is the order of the table.
+
+mod item;
+
+pub use item::{Bits, Item, ItemView};
+
+use crate::mutation::{FlushSpec, ItemState, Mutation, MutationStream, Op};
+use crate::stats::Stats;
+use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use std::collections::hash_map::RandomState;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Bytes charged per item on top of key and value: the `Item` struct, the key's
+/// `Bytes` handle, the hash-table slot and control bytes at typical load, the
+/// eviction-queue entry, and allocator headers for key and value.
+pub const ITEM_OVERHEAD: usize = 160;
+
+/// Why a write was refused by the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Memory is full and eviction is disabled (`-M`), or the item alone exceeds the limit.
+    #[error("out of memory storing object")]
+    NoMemory,
+}
+
+/// What a [`Store::modify`] closure decides.
+#[derive(Debug)]
+pub enum Change {
+    /// Leave the key as it is.
+    Keep,
+    /// Write this item (its sequence number and timestamps are filled in by the store).
+    Put(ItemState, Op),
+    /// Delete the key (a client delete).
+    Remove,
+}
+
+/// Result of a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Hit(ItemView),
+    Miss,
+    /// The key existed but had expired (counted as `get_expired`).
+    Expired,
+    /// The key existed but was invalidated by `flush_all` (`get_flushed`).
+    Flushed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dead {
+    Expired,
+    Flushed,
+}
+
+/// Store configuration.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Memory limit in bytes (`-m`).
+    pub limit: usize,
+    /// Evict cold items when full (false with `-M`).
+    pub evict: bool,
+    /// Hand out CAS values (false with `-C`: every CAS is 0).
+    pub use_cas: bool,
+}
+
+pub struct Store {
+    map: DashMap<Bytes, Item, RandomState>,
+    used: AtomicUsize,
+    cfg: StoreConfig,
+    limit: AtomicUsize,
+    queue: SegQueue<(Bytes, u64)>,
+    next_qid: AtomicU64,
+    cas: AtomicU64,
+    flush_at: AtomicU32,
+    flush_seq: AtomicU64,
+    flush_lock: Mutex<()>,
+    stream: Arc<MutationStream>,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("items", &self.map.len())
+            .field("used", &self.used())
+            .finish()
+    }
+}
+
+#[inline]
+fn charge(key: &[u8], value: &[u8]) -> usize {
+    key.len() + value.len() + ITEM_OVERHEAD
+}
+
+impl Store {
+    pub fn new(cfg: StoreConfig, stream: Arc<MutationStream>, stats: Arc<Stats>) -> Self {
+        Store {
+            map: DashMap::with_hasher(RandomState::new()),
+            used: AtomicUsize::new(0),
+            limit: AtomicUsize::new(cfg.limit),
+            cfg,
+            queue: SegQueue::new(),
+            next_qid: AtomicU64::new(1),
+            cas: AtomicU64::new(0),
+            flush_at: AtomicU32::new(0),
+            flush_seq: AtomicU64::new(0),
+            flush_lock: Mutex::new(()),
+            stream,
+            stats,
+        }
+    }
+
+    pub fn stream(&self) -> &Arc<MutationStream> {
+        &self.stream
+    }
+
+    /// Bytes charged for all items.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Change the memory limit at run time (`cache_memlimit`).
+    pub fn set_limit(&self, limit: usize, now: u32) {
+        self.limit.store(limit, Ordering::Relaxed);
+        self.evict_if_needed(now);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn use_cas(&self) -> bool {
+        self.cfg.use_cas
+    }
+
+    /// A fresh CAS value (0 when CAS is disabled).
+    #[inline]
+    pub fn next_cas(&self) -> u64 {
+        if self.cfg.use_cas {
+            self.cas.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            0
+        }
+    }
+
+    /// Make sure future CAS values are above `cas` (client-chosen CAS, loaded data).
+    pub fn observe_cas(&self, cas: u64) {
+        self.cas.fetch_max(cas, Ordering::Relaxed);
+    }
+
+    /// The current flush state.
+    pub fn flush_spec(&self) -> FlushSpec {
+        FlushSpec {
+            at: self.flush_at.load(Ordering::Acquire),
+            seq_ceiling: self.flush_seq.load(Ordering::Acquire),
+        }
+    }
+
+    #[inline]
+    fn dead(&self, item: &Item, now: u32) -> Option<Dead> {
+        if item.exptime != 0 && item.exptime <= now {
+            return Some(Dead::Expired);
+        }
+        if item.seq <= self.flush_seq.load(Ordering::Acquire) {
+            return Some(Dead::Flushed);
+        }
+        let at = self.flush_at.load(Ordering::Acquire);
+        if at != 0 && at <= now && item.stored_at < at {
+            return Some(Dead::Flushed);
+        }
+        None
+    }
+
+    /// Read a live item. `fetch` marks it as fetched (for meta `h`) and recently used;
+    /// `bump` = false (meta `u`) leaves recency alone.
+    pub fn get(&self, key: &[u8], now: u32, bump: bool) -> Lookup {
+        let dead = match self.map.get(key) {
+            None => return Lookup::Miss,
+            Some(item) => match self.dead(&item, now) {
+                None => {
+                    let view = ItemView::of(&item);
+                    if bump {
+                        item.mark_accessed(now, true);
+                    }
+                    return Lookup::Hit(view);
+                }
+                Some(d) => d,
+            },
+        };
+        self.reclaim(key, now);
+        match dead {
+            Dead::Expired => Lookup::Expired,
+            Dead::Flushed => Lookup::Flushed,
+        }
+    }
+
+    /// Remove `key` if it is dead, publishing an `Expire` record.
+    fn reclaim(&self, key: &[u8], now: u32) {
+        if let Some((k, item)) = self
+            .map
+            .remove_if(key, |_, it| self.dead(it, now).is_some())
+        {
+            self.forget(&k, &item, Op::Expire);
+            self.stats.bump(|c| &c.reclaimed);
+            if !item.has(Bits::FETCHED) {
+                self.stats.bump(|c| &c.expired_unfetched);
+            }
+        }
+    }
+
+    /// Account for an item that left the table and publish why.
+    fn forget(&self, key: &Bytes, item: &Item, op: Op) -> u64 {
+        self.used
+            .fetch_sub(charge(key, &item.value), Ordering::Relaxed);
+        self.stream.publish(|seq| Mutation {
+            seq,
+            op,
+            key: key.clone(),
+            item: None,
+            flush: None,
+        })
+    }
+
+    /// Run `f` on the key's current live item (or `None`) under the shard lock and
+    /// apply the [`Change`] it returns. Returns `f`'s result and the sequence
+    /// number of the published mutation (0 when nothing changed).
+    pub fn modify<R>(
+        &self,
+        key: &[u8],
+        now: u32,
+        f: impl FnOnce(Option<&Item>) -> (Change, R),
+    ) -> Result<(R, u64), StoreError> {
+        let mut new_key = false;
+        let result = match self.map.entry(Bytes::copy_from_slice(key)) {
+            Entry::Occupied(mut occ) => {
+                let dead = self.dead(occ.get(), now);
+                let (change, r) = f(if dead.is_none() {
+                    Some(occ.get())
+                } else {
+                    None
+                });
+                match change {
+                    Change::Keep => {
+                        if dead.is_some() {
+                            let (k, item) = occ.remove_entry();
+                            self.forget(&k, &item, Op::Expire);
+                            self.stats.bump(|c| &c.reclaimed);
+                        }
+                        (r, 0)
+                    }
+                    Change::Remove => {
+                        if dead.is_some() {
+                            let (k, item) = occ.remove_entry();
+                            self.forget(&k, &item, Op::Expire);
+                            (r, 0)
+                        } else {
+                            let (k, item) = occ.remove_entry();
+                            let seq = self.forget(&k, &item, Op::Delete);
+                            (r, seq)
+                        }
+                    }
+                    Change::Put(state, op) => {
+                        let old = charge(occ.key(), &occ.get().value);
+                        let new = charge(occ.key(), &state.value);
+                        self.reserve(new, old)?;
+                        let qid = if dead.is_some() {
+                            new_key = true;
+                            self.stats.bump(|c| &c.reclaimed);
+                            self.next_qid.fetch_add(1, Ordering::Relaxed)
+                        } else {
+                            occ.get().qid
+                        };
+                        let seq = self.publish_put(occ.key(), &state, op);
+                        let stored_at = if op == Op::Touch && dead.is_none() {
+                            occ.get().stored_at
+                        } else {
+                            now
+                        };
+                        let mut item = Item::new(state, seq, now, qid);
+                        item.stored_at = stored_at;
+                        if op == Op::Touch && dead.is_none() {
+                            // A touch keeps the fetched bit and recency of the old version.
+                            item.mark_accessed(now, occ.get().has(Bits::FETCHED));
+                        }
+                        occ.insert(item);
+                        if new_key {
+                            self.queue.push((occ.key().clone(), qid));
+                        }
+                        (r, seq)
+                    }
+                }
+            }
+            Entry::Vacant(vac) => {
+                let (change, r) = f(None);
+                match change {
+                    Change::Keep | Change::Remove => (r, 0),
+                    Change::Put(state, op) => {
+                        self.reserve(charge(vac.key(), &state.value), 0)?;
+                        let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
+                        let seq = self.publish_put(vac.key(), &state, op);
+                        let key = vac.key().clone();
+                        vac.insert(Item::new(state, seq, now, qid));
+                        self.queue.push((key, qid));
+                        new_key = true;
+                        (r, seq)
+                    }
+                }
+            }
+        };
+        if new_key {
+            self.stats.bump(|c| &c.total_items);
+            self.tidy_queue();
+        }
+        self.evict_if_needed(now);
+        Ok(result)
+    }
+
+    fn publish_put(&self, key: &Bytes, state: &ItemState, op: Op) -> u64 {
+        self.stream.publish(|seq| Mutation {
+            seq,
+            op,
+            key: key.clone(),
+            item: Some(state.clone()),
+            flush: None,
+        })
+    }
+
+    /// Charge `new` bytes in place of `old`, refusing when eviction is off and
+    /// the limit would be exceeded, or when the item alone exceeds the limit.
+    fn reserve(&self, new: usize, old: usize) -> Result<(), StoreError> {
+        let limit = self.limit();
+        if new > limit {
+            self.stats.bump(|c| &c.store_no_memory);
+            return Err(StoreError::NoMemory);
+        }
+        if new > old {
+            let grow = new - old;
+            if !self.cfg.evict {
+                let mut cur = self.used.load(Ordering::Relaxed);
+                loop {
+                    if cur + grow > limit {
+                        self.stats.bump(|c| &c.store_no_memory);
+                        return Err(StoreError::NoMemory);
+                    }
+                    match self.used.compare_exchange_weak(
+                        cur,
+                        cur + grow,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => return Ok(()),
+                        Err(actual) => cur = actual,
+                    }
+                }
+            }
+            self.used.fetch_add(grow, Ordering::Relaxed);
+        } else {
+            self.used.fetch_sub(old - new, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Evict cold items (CLOCK) until usage is under the limit. Dead items found
+    /// on the way are reclaimed instead. Runs without holding any lock between
+    /// candidates, so it never holds two keys at once.
+    fn evict_if_needed(&self, now: u32) {
+        if !self.cfg.evict {
+            return;
+        }
+        let mut budget = self.queue.len() * 2 + 16;
+        while self.used() > self.limit() && budget > 0 {
+            budget -= 1;
+            let Some((key, qid)) = self.queue.pop() else {
+                break;
+            };
+            let mut requeue = false;
+            let mut dead = false;
+            let removed = self.map.remove_if(&key, |_, it| {
+                if it.qid != qid {
+                    return false;
+                }
+                if self.dead(it, now).is_some() {
+                    dead = true;
+                    return true;
+                }
+                if it.take_accessed() {
+                    requeue = true;
+                    return false;
+                }
+                true
+            });
+            match removed {
+                Some((k, item)) if dead => {
+                    self.forget(&k, &item, Op::Expire);
+                    self.stats.bump(|c| &c.reclaimed);
+                }
+                Some((k, item)) => {
+                    self.forget(&k, &item, Op::Evict);
+                    self.stats.bump(|c| &c.evictions);
+                    if !item.has(Bits::FETCHED) {
+                        self.stats.bump(|c| &c.evicted_unfetched);
+                    }
+                    if item.last_access() + 60 > now {
+                        self.stats.bump(|c| &c.evicted_active);
+                    }
+                }
+                None if requeue => self.queue.push((key, qid)),
+                None => {}
+            }
+        }
+    }
+
+    /// Drop queue entries of keys that are gone, so delete-heavy workloads do not
+    /// grow the queue without bound. Amortised: a few entries per new key.
+    fn tidy_queue(&self) {
+        if self.queue.len() <= self.map.len() * 2 + 1024 {
+            return;
+        }
+        for _ in 0..4 {
+            let Some((key, qid)) = self.queue.pop() else {
+                return;
+            };
+            let live = self.map.get(&key).is_some_and(|it| it.qid == qid);
+            if live {
+                self.queue.push((key, qid));
+            }
+        }
+    }
+
+    /// Examine up to `max` items in queue order and reclaim the dead ones.
+    /// Returns how many were reclaimed. Called by housekeeping every second.
+    pub fn reap(&self, now: u32, max: usize) -> usize {
+        let mut reclaimed = 0;
+        for _ in 0..max.min(self.queue.len()) {
+            let Some((key, qid)) = self.queue.pop() else {
+                break;
+            };
+            let mut keep = false;
+            let removed = self.map.remove_if(&key, |_, it| {
+                if it.qid != qid {
+                    return false;
+                }
+                keep = self.dead(it, now).is_none();
+                !keep
+            });
+            if let Some((k, item)) = removed {
+                self.forget(&k, &item, Op::Expire);
+                self.stats.bump(|c| &c.reclaimed);
+                if !item.has(Bits::FETCHED) {
+                    self.stats.bump(|c| &c.expired_unfetched);
+                }
+                reclaimed += 1;
+            } else if keep {
+                self.queue.push((key, qid));
+            }
+        }
+        reclaimed
+    }
+
+    /// Logical `flush_all`: with `at <= now` everything stored so far becomes
+    /// invisible at once; with a future `at`, items stored before `at` become
+    /// invisible when the clock reaches it.
+    pub fn flush(&self, at: u32, now: u32) -> u64 {
+        let _g = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut spec = self.flush_spec();
+        let immediate = at <= now;
+        let seq = self.stream.publish(|seq| {
+            spec.at = if immediate { now } else { at };
+            if immediate {
+                spec.seq_ceiling = seq;
+            }
+            Mutation {
+                seq,
+                op: Op::Flush,
+                key: Bytes::new(),
+                item: None,
+                flush: Some(spec),
+            }
+        });
+        // Compute again outside the closure (it only runs when someone listens).
+        spec.at = if immediate { now } else { at };
+        if immediate {
+            spec.seq_ceiling = seq;
+        }
+        self.apply_flush(spec);
+        seq
+    }
+
+    /// Install a flush state (from `flush`, or loaded from disk / a twin).
+    pub fn apply_flush(&self, spec: FlushSpec) {
+        self.flush_at.store(spec.at, Ordering::Release);
+        self.flush_seq.fetch_max(spec.seq_ceiling, Ordering::AcqRel);
+    }
+
+    /// Insert an item as it was persisted or replicated, without publishing a
+    /// mutation (the item already has its sequence number). Items that are
+    /// already dead are skipped. Returns false when skipped or out of memory.
+    pub fn load(&self, key: Bytes, state: ItemState, seq: u64, stored_at: u32, now: u32) -> bool {
+        self.observe_cas(state.cas);
+        self.stream.advance_to(seq);
+        let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
+        let mut item = Item::new(state, seq, now, qid);
+        item.stored_at = stored_at;
+        if self.dead(&item, now).is_some() {
+            return false;
+        }
+        let size = charge(&key, &item.value);
+        if self.reserve(size, 0).is_err() {
+            return false;
+        }
+        if let Some(old) = self.map.insert(key.clone(), item) {
+            self.used
+                .fetch_sub(charge(&key, &old.value), Ordering::Relaxed);
+        }
+        self.queue.push((key, qid));
+        self.evict_if_needed(now);
+        true
+    }
+
+    /// Visit every live item (for snapshots). Holds one shard's read lock at a time;
+    /// `f` must not call back into the store.
+    pub fn for_each_live(&self, now: u32, mut f: impl FnMut(&Bytes, &Item)) {
+        for r in self.map.iter() {
+            if self.dead(r.value(), now).is_none() {
+                f(r.key(), r.value());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u32 = 1_800_000_000;
+
+    fn store(limit: usize, evict: bool) -> Store {
+        Store::new(
+            StoreConfig {
+                limit,
+                evict,
+                use_cas: true,
+            },
+            Arc::new(MutationStream::new()),
+            Arc::new(Stats::new()),
+        )
+    }
+
+    fn put(s: &Store, key: &str, value: &str, exptime: u32, now: u32) -> Result<u64, StoreError> {
+        let cas = s.next_cas();
+        s.modify(key.as_bytes(), now, |_| {
+            (
+                Change::Put(
+                    ItemState {
+                        value: Bytes::copy_from_slice(value.as_bytes()),
+                        flags: 0,
+                        exptime,
+                        cas,
+                        bits: 0,
+                    },
+                    Op::Store,
+                ),
+                (),
+            )
+        })
+        .map(|(_, seq)| seq)
+    }
+
+    fn value(s: &Store, key: &str, now: u32) -> Option<String> {
+        match s.get(key.as_bytes(), now, true) {
+            Lookup::Hit(v) => Some(String::from_utf8_lossy(&v.value).into_owned()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn expiry_is_lazy_and_reaped() {
+        let s = store(1 << 20, true);
+        put(&s, "a", "1", NOW + 2, NOW).expect("put");
+        put(&s, "b", "2", NOW + 2, NOW).expect("put");
+        assert_eq!(value(&s, "a", NOW + 1).as_deref(), Some("1"));
+        assert_eq!(s.get(b"a", NOW + 2, true), Lookup::Expired);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.reap(NOW + 2, 100), 1);
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.used(), 0);
+    }
+
+    #[test]
+    fn eviction_keeps_usage_under_limit_and_prefers_recently_read() {
+        let item = charge(b"k000", &[0u8; 100]);
+        let s = store(item * 10, true);
+        let v = "x".repeat(100);
+        for i in 0..10 {
+            put(&s, &format!("k{i:03}"), &v, 0, NOW).expect("put");
+        }
+        assert_eq!(s.used(), item * 10);
+        // Read k000 so it gets a second chance; the next insert evicts k001.
+        assert!(value(&s, "k000", NOW).is_some());
+        put(&s, "k010", &v, 0, NOW).expect("put");
+        assert!(s.used() <= item * 10);
+        assert!(value(&s, "k000", NOW).is_some());
+        assert!(value(&s, "k001", NOW).is_none());
+        assert_eq!(s.stats.snapshot().evictions, 1);
+    }
+
+    #[test]
+    fn no_evict_mode_refuses_instead() {
+        let item = charge(b"k0", b"v");
+        let s = store(item * 2, false);
+        put(&s, "k0", "v", 0, NOW).expect("put");
+        put(&s, "k1", "v", 0, NOW).expect("put");
+        assert_eq!(put(&s, "k2", "v", 0, NOW), Err(StoreError::NoMemory));
+        // Overwriting with the same size still works.
+        put(&s, "k1", "w", 0, NOW).expect("overwrite");
+        assert_eq!(s.used(), item * 2);
+    }
+
+    #[test]
+    fn accounting_never_drifts() {
+        let s = store(1 << 16, true);
+        for round in 0..50u32 {
+            for i in 0..40 {
+                let key = format!("key{}", (i * 7 + round) % 60);
+                match (i + round) % 4 {
+                    0 => {
+                        s.modify(key.as_bytes(), NOW, |_| (Change::Remove, ()))
+                            .expect("remove");
+                    }
+                    1 => {
+                        put(
+                            &s,
+                            &key,
+                            &"v".repeat((i as usize * 13) % 700),
+                            NOW + 1 + round % 3,
+                            NOW + round % 5,
+                        )
+                        .expect("put");
+                    }
+                    _ => {
+                        put(&s, &key, &"w".repeat((i as usize * 31) % 900), 0, NOW).expect("put");
+                    }
+                }
+            }
+            s.reap(NOW + round % 5, 10);
+            let mut expect = 0;
+            for r in s.map.iter() {
+                expect += charge(r.key(), &r.value().value);
+            }
+            assert_eq!(s.used(), expect, "round {round}");
+            assert!(s.used() <= s.limit());
+        }
+    }
+
+    #[test]
+    fn flush_immediate_and_delayed() {
+        let s = store(1 << 20, true);
+        put(&s, "old", "1", 0, NOW).expect("put");
+        s.flush(NOW, NOW);
+        assert_eq!(s.get(b"old", NOW, true), Lookup::Flushed);
+        put(&s, "new", "2", 0, NOW).expect("put");
+        assert!(
+            value(&s, "new", NOW).is_some(),
+            "stored after the flush, same second"
+        );
+
+        s.flush(NOW + 2, NOW);
+        put(&s, "before", "3", 0, NOW + 1).expect("put");
+        assert!(value(&s, "before", NOW + 1).is_some());
+        assert!(value(&s, "before", NOW + 2).is_none());
+        put(&s, "after", "4", 0, NOW + 2).expect("put");
+        assert!(value(&s, "after", NOW + 3).is_some());
+    }
+
+    #[test]
+    fn delete_heavy_churn_keeps_queue_bounded() {
+        let s = store(1 << 30, true);
+        for i in 0..20_000 {
+            let k = format!("s{i}");
+            put(&s, &k, "v", 0, NOW).expect("put");
+            s.modify(k.as_bytes(), NOW, |_| (Change::Remove, ()))
+                .expect("rm");
+        }
+        assert!(s.queue.len() <= 1024 + 8, "queue has {}", s.queue.len());
+    }
+
+    #[test]
+    fn mutations_carry_resulting_state() {
+        let stream = Arc::new(MutationStream::new());
+        let sub = stream.subscribe(64, false);
+        let s = Store::new(
+            StoreConfig {
+                limit: 1 << 20,
+                evict: true,
+                use_cas: true,
+            },
+            stream,
+            Arc::new(Stats::new()),
+        );
+        let seq = put(&s, "a", "hello", NOW + 10, NOW).expect("put");
+        s.modify(b"a", NOW, |_| (Change::Remove, ())).expect("rm");
+        let recs: Vec<_> = sub.rx.try_iter().collect();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].seq, seq);
+        assert_eq!(recs[0].op, Op::Store);
+        assert_eq!(recs[0].item.as_ref().map(|i| i.exptime), Some(NOW + 10));
+        assert_eq!(recs[1].op, Op::Delete);
+        assert_eq!(recs[1].key, Bytes::from_static(b"a"));
+    }
+}
