@@ -113,7 +113,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         stream,
     ));
     let shared = Arc::new(Shared::new(engine, settings.clone()));
-    let listeners = server::bind_all(&settings).context("cannot listen")?;
+    let inherited = crate::systemd::listen_fds();
+    let listeners = server::bind_all(&settings, &inherited).context("cannot listen")?;
     if let Some(p) = &settings.pidfile {
         write_pidfile(p)?;
     }
@@ -122,7 +123,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::info!("memtwin {} listening on {}", crate::VERSION, l.describe());
     }
     spawn_signal_handler(shared.clone())?;
+    let notifier = crate::systemd::Notifier::from_env();
+    notifier.notify(&format!(
+        "READY=1\nSTATUS=serving {} listener(s)",
+        listeners.iter().count()
+    ));
     server::serve(listeners, shared.clone()).await;
+    notifier.notify("STOPPING=1");
     if let Some(p) = &settings.pidfile {
         let _ = std::fs::remove_file(p);
     }

@@ -20,7 +20,7 @@
 //! * [`session`] turns a connection's bytes into engine calls and replies
 //!   (one state machine per protocol, no sockets).
 //! * [`server`] owns sockets, connection tasks, limits and graceful shutdown.
-//! * [`config`], [`stats`], [`clock`] and [`daemon`] are operations glue.
+//! * [`config`], [`stats`], [`clock`], [`systemd`] and [`daemon`] are operations glue.
 
 pub mod clock;
 pub mod config;
@@ -32,6 +32,7 @@ pub mod server;
 pub mod session;
 pub mod stats;
 pub mod store;
+pub mod systemd;
 
 /// Version string reported by `version` and `stats`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

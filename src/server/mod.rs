@@ -34,8 +34,12 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>) {
     }
 }
 
-/// Tick the clock every second and reap expired items a slice at a time.
+/// Tick the clock every second, reap expired items a slice at a time, and pet
+/// the systemd watchdog: this task stops when the runtime is wedged, and so do
+/// the pets.
 async fn housekeeping(shared: Arc<Shared>) {
+    let notifier = crate::systemd::Notifier::from_env();
+    let watchdog = crate::systemd::Notifier::watchdog_interval().is_some() && notifier.enabled();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -49,6 +53,9 @@ async fn housekeeping(shared: Arc<Shared>) {
         // A full pass over the table about once a minute, at least 10k items a second.
         let budget = (store.len() / 60).max(10_000);
         store.reap(engine.now(), budget);
+        if watchdog {
+            notifier.notify("WATCHDOG=1");
+        }
     }
 }
 
