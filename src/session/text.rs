@@ -324,3 +324,144 @@ fn reply_unless(out: &mut BytesMut, noreply: bool, reply: &[u8]) {
         text::put_line(out, reply);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::config::Settings;
+    use crate::engine::{Engine, EngineConfig};
+    use crate::mutation::MutationStream;
+    use crate::stats::Stats;
+    use crate::store::StoreConfig;
+    use proptest::prelude::*;
+
+    fn shared() -> Arc<Shared> {
+        let settings = Arc::new(Settings::default());
+        let engine = Arc::new(Engine::new(
+            EngineConfig {
+                store: StoreConfig {
+                    limit: 1 << 24,
+                    evict: true,
+                    use_cas: true,
+                },
+                item_size_max: 1 << 20,
+            },
+            Arc::new(Clock::fixed(1_800_000_000)),
+            Arc::new(Stats::new()),
+            Arc::new(MutationStream::new()),
+        ));
+        Arc::new(Shared::new(engine, settings))
+    }
+
+    /// Feed `chunks` one after another, as separate reads; return all output.
+    fn run(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
+        let mut s = TextSession::new(shared());
+        let mut input = BytesMut::new();
+        let mut out = BytesMut::new();
+        let mut closed = false;
+        for c in chunks {
+            input.extend_from_slice(c);
+            loop {
+                match s.process(&mut input, &mut out) {
+                    Flow::NeedInput => break,
+                    Flow::Flush => continue,
+                    Flow::Close => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if closed {
+                break;
+            }
+        }
+        (out.to_vec(), closed)
+    }
+
+    fn request() -> impl Strategy<Value = Vec<u8>> {
+        let key = "[a-z]{1,8}";
+        prop_oneof![
+            (key, 0u32..10, 0usize..20, any::<bool>()).prop_map(|(k, f, n, nr)| {
+                let v = "v".repeat(n);
+                format!(
+                    "set {k} {f} 0 {n}{}\r\n{v}\r\n",
+                    if nr { " noreply" } else { "" }
+                )
+                .into_bytes()
+            }),
+            (key, 0usize..5).prop_map(|(k, n)| format!(
+                "append {k} 0 0 {n}\r\n{}\r\n",
+                "a".repeat(n)
+            )
+            .into_bytes()),
+            (key, key).prop_map(|(a, b)| format!("get {a} {b}\r\n").into_bytes()),
+            key.prop_map(|k| format!("gets {k}\n").into_bytes()),
+            (key, 0u64..100).prop_map(|(k, d)| format!("incr {k} {d}\r\n").into_bytes()),
+            key.prop_map(|k| format!("delete {k}\r\n").into_bytes()),
+            key.prop_map(|k| format!("touch {k} 10\r\n").into_bytes()),
+            Just(b"bogus\r\n".to_vec()),
+            Just(b"set k 0 0 2\r\nabc\r\n".to_vec()),
+            Just(b"stats\r\n".to_vec()),
+            Just(b"mn\r\n".to_vec()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_gives_the_same_replies(reqs in prop::collection::vec(request(), 1..12), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6)) {
+            let whole: Vec<u8> = reqs.concat();
+            let (expected, _) = run(&[&whole]);
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(whole.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut last = 0;
+            for p in points {
+                chunks.push(&whole[last..p]);
+                last = p;
+            }
+            chunks.push(&whole[last..]);
+            let (got, _) = run(&chunks);
+            // `stats` carries changing numbers (bytes_read differs per split); compare the rest.
+            let strip = |v: &[u8]| String::from_utf8_lossy(v).lines().filter(|l| !l.starts_with("STAT ")).collect::<Vec<_>>().join("\n");
+            prop_assert_eq!(strip(&got), strip(&expected));
+        }
+
+        #[test]
+        fn garbage_never_panics(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..600), 1..8)) {
+            let refs: Vec<&[u8]> = chunks.iter().map(|c| c.as_slice()).collect();
+            let _ = run(&refs);
+        }
+
+        #[test]
+        fn truncated_requests_never_panic(req in request(), cut in any::<prop::sample::Index>()) {
+            let n = cut.index(req.len() + 1);
+            let _ = run(&[&req[..n]]);
+        }
+    }
+
+    #[test]
+    fn overlong_line_closes_and_buffer_stays_bounded() {
+        let junk = vec![b'x'; 3000];
+        let (out, closed) = run(&[&junk]);
+        assert!(closed && out.is_empty());
+    }
+
+    #[test]
+    fn oversize_value_is_swallowed_without_buffering() {
+        let mut s = TextSession::new(shared());
+        let mut input = BytesMut::from(&b"set big 0 0 2000000\r\n"[..]);
+        let mut out = BytesMut::new();
+        assert_eq!(s.process(&mut input, &mut out), Flow::NeedInput);
+        assert_eq!(&out[..], b"SERVER_ERROR object too large for cache\r\n");
+        out.clear();
+        for _ in 0..40 {
+            input.extend_from_slice(&[b'z'; 50_000]);
+            assert_eq!(s.process(&mut input, &mut out), Flow::NeedInput);
+            assert!(input.is_empty(), "swallowed data must not accumulate");
+        }
+        input.extend_from_slice(b"\r\nget big\r\n");
+        s.process(&mut input, &mut out);
+        assert_eq!(&out[..], b"END\r\n");
+    }
+}
