@@ -25,6 +25,8 @@ pub const OUTPUT_HIGH_WATER: usize = 4 << 20;
 pub struct Shared {
     pub engine: Arc<Engine>,
     pub settings: Arc<Settings>,
+    /// SASL and ASCII-auth credentials (both `None` unless `-S` / `-Y`).
+    pub auth: crate::auth::Auth,
     pub verbosity: AtomicU32,
     pub curr_conns: AtomicUsize,
     pub accepting: AtomicBool,
@@ -39,6 +41,7 @@ impl Shared {
             verbosity: AtomicU32::new(u32::from(settings.verbose)),
             engine,
             settings,
+            auth: crate::auth::Auth::default(),
             curr_conns: AtomicUsize::new(0),
             accepting: AtomicBool::new(true),
             detail: AtomicBool::new(false),
