@@ -274,7 +274,8 @@ impl TextSession {
             None => report::general(&self.shared),
             Some(b"settings") => report::settings(&self.shared),
             Some(b"slabs") => report::slabs(&self.shared),
-            Some(b"items") | Some(b"sizes") | Some(b"conns") => Vec::new(),
+            Some(b"items") => report::items(&self.shared),
+            Some(b"sizes") | Some(b"conns") => Vec::new(),
             Some(b"reset") => {
                 self.shared.engine.stats().reset();
                 text::put_line(out, b"RESET");
