@@ -6,6 +6,7 @@
 //! every reply produced from one read leaves in one `write` (memcached 1.6.35's
 //! "response stacking"), and sessions can be tested without any I/O.
 
+pub mod ascii_auth;
 pub mod binary;
 pub mod meta;
 pub mod report;
