@@ -395,7 +395,7 @@ fn parse_store<'a>(
     } else {
         None
     };
-    if len < 0 || len > i32::MAX - 2 {
+    if !(0..=i32::MAX - 2).contains(&len) {
         return Err(bad());
     }
     Ok(Command::Store {
