@@ -131,9 +131,9 @@ impl Header {
     pub fn fixed_len(&self) -> usize {
         HEADER_LEN + self.ext_len() + self.key_len()
     }
-    /// The whole packet.
+    /// The whole packet (saturating: a 4 GiB body must not wrap on 32-bit targets).
     pub fn packet_len(&self) -> usize {
-        HEADER_LEN + self.body_len()
+        HEADER_LEN.saturating_add(self.body_len())
     }
 }
 
