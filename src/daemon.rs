@@ -112,7 +112,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         stats,
         stream,
     ));
-    let shared = Arc::new(Shared::new(engine, settings.clone()));
+    let mut shared = Shared::new(engine, settings.clone());
+    shared.auth = crate::auth::Auth::load(&settings)?;
+    let shared = Arc::new(shared);
     let inherited = crate::systemd::listen_fds();
     let listeners = server::bind_all(&settings, &inherited).context("cannot listen")?;
     if let Some(p) = &settings.pidfile {

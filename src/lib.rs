@@ -20,8 +20,10 @@
 //! * [`session`] turns a connection's bytes into engine calls and replies
 //!   (one state machine per protocol, no sockets).
 //! * [`server`] owns sockets, connection tasks, limits and graceful shutdown.
+//! * [`auth`] holds the SASL / ASCII-auth credentials and their checks.
 //! * [`config`], [`stats`], [`clock`], [`systemd`] and [`daemon`] are operations glue.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod daemon;

@@ -74,6 +74,20 @@ impl<'a> StoreCmd<'a> {
             vivify: None,
         }
     }
+
+    /// Apply a binary-protocol header CAS. memcached (`process_bin_update`)
+    /// turns SET, ADD and REPLACE with a non-zero CAS into one and the same CAS
+    /// store (missing key: NOT_FOUND, mismatch: EXISTS, match: stored), so ADD
+    /// with a CAS can overwrite. APPEND/PREPEND only compare. 0 means "no CAS".
+    pub fn with_header_cas(mut self, cas: u64) -> Self {
+        if cas != 0 {
+            if matches!(self.mode, StoreMode::Add | StoreMode::Replace) {
+                self.mode = StoreMode::Set;
+            }
+            self.compare_cas = Some(cas);
+        }
+        self
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +372,10 @@ impl Engine {
                     if want != 0 && want != it.cas {
                         return keep(StoreOutcome::Exists);
                     }
+                }
+                // memcached cannot allocate the combined item: NOT_STORED, item kept.
+                if !self.fits(cmd.key.len(), it.value.len() + cmd.value.len()) {
+                    return keep(StoreOutcome::NotStored);
                 }
                 let mut v = BytesMut::with_capacity(it.value.len() + cmd.value.len());
                 if cmd.mode == StoreMode::Append {
@@ -665,6 +683,44 @@ mod tests {
             set(&e, StoreMode::Append, "nope", "x"),
             StoreOutcome::NotStored
         );
+    }
+
+    #[test]
+    fn header_cas_turns_add_and_replace_into_cas_stores() {
+        let e = engine();
+        let add = |key: &'static [u8], cas: u64| {
+            e.store_item(
+                StoreCmd::new(StoreMode::Add, key, 2, 0, Bytes::from_static(b"n"))
+                    .with_header_cas(cas),
+            )
+        };
+        assert_eq!(add(b"k", 777), StoreOutcome::NotFound);
+        let StoreOutcome::Stored { cas } = set(&e, StoreMode::Set, "k", "a") else {
+            panic!()
+        };
+        assert_eq!(add(b"k", cas + 1), StoreOutcome::Exists);
+        assert!(matches!(add(b"k", cas), StoreOutcome::Stored { .. }));
+        assert_eq!(e.get(b"k").expect("hit").value.as_ref(), b"n");
+        assert_eq!(add(b"k", 0), StoreOutcome::NotStored);
+        let rep = StoreCmd::new(StoreMode::Replace, b"gone", 0, 0, Bytes::new()).with_header_cas(5);
+        assert_eq!(e.store_item(rep), StoreOutcome::NotFound);
+        let app = StoreCmd::new(StoreMode::Append, b"k", 0, 0, Bytes::new()).with_header_cas(5);
+        assert_eq!((app.mode, app.compare_cas), (StoreMode::Append, Some(5)));
+    }
+
+    #[test]
+    fn append_beyond_item_size_is_not_stored() {
+        let e = engine();
+        let big = Bytes::from(vec![b'x'; 1_000_000]);
+        e.store_item(StoreCmd::new(StoreMode::Set, b"a", 0, 0, big));
+        for mode in [StoreMode::Append, StoreMode::Prepend] {
+            let more = Bytes::from(vec![b'y'; 100_000]);
+            assert_eq!(
+                e.store_item(StoreCmd::new(mode, b"a", 0, 0, more)),
+                StoreOutcome::NotStored
+            );
+        }
+        assert_eq!(e.get(b"a").expect("kept").value.len(), 1_000_000);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! every reply produced from one read leaves in one `write` (memcached 1.6.35's
 //! "response stacking"), and sessions can be tested without any I/O.
 
+pub mod ascii_auth;
+pub mod binary;
 pub mod meta;
 pub mod report;
 pub mod text;
@@ -25,6 +27,8 @@ pub const OUTPUT_HIGH_WATER: usize = 4 << 20;
 pub struct Shared {
     pub engine: Arc<Engine>,
     pub settings: Arc<Settings>,
+    /// SASL and ASCII-auth credentials (both `None` unless `-S` / `-Y`).
+    pub auth: crate::auth::Auth,
     pub verbosity: AtomicU32,
     pub curr_conns: AtomicUsize,
     pub accepting: AtomicBool,
@@ -39,6 +43,7 @@ impl Shared {
             verbosity: AtomicU32::new(u32::from(settings.verbose)),
             engine,
             settings,
+            auth: crate::auth::Auth::default(),
             curr_conns: AtomicUsize::new(0),
             accepting: AtomicBool::new(true),
             detail: AtomicBool::new(false),

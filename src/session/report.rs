@@ -148,7 +148,7 @@ pub fn settings(shared: &Shared) -> Pairs {
         ("tcp_backlog", st.backlog.to_string()),
         (
             "binding_protocol",
-            match st.protocol {
+            match shared.auth.binding(st.protocol) {
                 crate::config::BindingProtocol::Auto => "auto-negotiate",
                 crate::config::BindingProtocol::Ascii => "ascii",
                 crate::config::BindingProtocol::Binary => "binary",
@@ -156,7 +156,14 @@ pub fn settings(shared: &Shared) -> Pairs {
             .into(),
         ),
         ("auth_enabled_sasl", yes_no(st.sasl)),
-        ("auth_enabled_ascii", yes_no(st.auth_file.is_some())),
+        // memcached prints the auth file's path here.
+        (
+            "auth_enabled_ascii",
+            st.auth_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "no".into()),
+        ),
         ("item_size_max", st.item_size_max.to_string()),
         ("flush_enabled", yes_no(st.flush_enabled)),
         ("dump_enabled", "no".into()),
@@ -172,5 +179,27 @@ pub fn slabs(shared: &Shared) -> Pairs {
     vec![
         ("active_slabs", "0".into()),
         ("total_malloced", shared.engine.store().used().to_string()),
+    ]
+}
+
+/// `stats items`: memtwin has one item class, reported as memcached's class 1
+/// (nothing when the cache is empty, as memcached). Only fields memtwin tracks
+/// are listed; per-LRU-segment fields have no equivalent.
+pub fn items(shared: &Shared) -> Pairs {
+    let e = &shared.engine;
+    let store = e.store();
+    if store.is_empty() {
+        return Vec::new();
+    }
+    let s = e.stats().snapshot();
+    vec![
+        ("items:1:number", store.len().to_string()),
+        ("items:1:mem_requested", store.used().to_string()),
+        ("items:1:evicted", s.evictions.to_string()),
+        ("items:1:outofmemory", s.store_no_memory.to_string()),
+        ("items:1:reclaimed", s.reclaimed.to_string()),
+        ("items:1:expired_unfetched", s.expired_unfetched.to_string()),
+        ("items:1:evicted_unfetched", s.evicted_unfetched.to_string()),
+        ("items:1:evicted_active", s.evicted_active.to_string()),
     ]
 }

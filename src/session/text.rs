@@ -3,6 +3,7 @@
 
 use crate::engine::{DeleteOutcome, DeltaCmd, DeltaOutcome, StoreCmd, StoreOutcome};
 use crate::protocol::text::{self, Command, Frame, Rejected, TextError, Tokens};
+use crate::session::ascii_auth::{self, Gate};
 use crate::session::{report, Flow, Shared, OUTPUT_HIGH_WATER};
 use bytes::{Buf, Bytes, BytesMut};
 use std::sync::atomic::Ordering;
@@ -14,11 +15,14 @@ pub struct TextSession {
     swallow: usize,
     /// Whether a mutating command ran since the server last asked.
     mutated: bool,
+    /// False while ASCII auth (`-Y`) still has to let this connection in.
+    authenticated: bool,
 }
 
 impl TextSession {
     pub fn new(shared: Arc<Shared>) -> Self {
         TextSession {
+            authenticated: shared.auth.ascii.is_none(),
             shared,
             swallow: 0,
             mutated: false,
@@ -46,6 +50,17 @@ impl TextSession {
             }
             if out.len() >= OUTPUT_HIGH_WATER {
                 return Flow::Flush;
+            }
+            if !self.authenticated {
+                match ascii_auth::gate(&self.shared, input, out) {
+                    Gate::Consumed { n, authenticated } => {
+                        input.advance(n);
+                        self.authenticated = authenticated;
+                        continue;
+                    }
+                    Gate::NeedMore => return Flow::NeedInput,
+                    Gate::Close => return Flow::Close,
+                }
             }
             let (end, next) = match text::frame(input) {
                 Frame::Incomplete => return Flow::NeedInput,
@@ -274,7 +289,8 @@ impl TextSession {
             None => report::general(&self.shared),
             Some(b"settings") => report::settings(&self.shared),
             Some(b"slabs") => report::slabs(&self.shared),
-            Some(b"items") | Some(b"sizes") | Some(b"conns") => Vec::new(),
+            Some(b"items") => report::items(&self.shared),
+            Some(b"sizes") | Some(b"conns") => Vec::new(),
             Some(b"reset") => {
                 self.shared.engine.stats().reset();
                 text::put_line(out, b"RESET");
