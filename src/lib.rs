@@ -36,5 +36,11 @@ pub mod stats;
 pub mod store;
 pub mod systemd;
 
-/// Version string reported by `version` and `stats`.
+/// memtwin's own version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The version reported on the wire (`version`, `stats`, binary VERSION): the
+/// memcached release whose behaviour memtwin reproduces, tagged with memtwin's
+/// own version. Clients parse it (libmemcached rejects a major version 0 and
+/// gates features on it), so it must read as a memcached version.
+pub const WIRE_VERSION: &str = concat!("1.6.18-memtwin-", env!("CARGO_PKG_VERSION"));

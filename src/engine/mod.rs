@@ -251,19 +251,13 @@ impl Engine {
     }
 
     /// `gat`/`gats`: read and set a new TTL. The CAS value does not change.
+    /// memcached counts these as touches only (`cmd_touch`, `touch_hits`).
     pub fn get_and_touch(&self, key: &[u8], exptime: i64) -> Option<ItemView> {
         self.stats.bump(|c| &c.cmd_touch);
-        self.stats.bump(|c| &c.cmd_get);
         let hit = self.touch_inner(key, exptime, true);
         match &hit {
-            Some(_) => {
-                self.stats.bump(|c| &c.touch_hits);
-                self.stats.bump(|c| &c.get_hits);
-            }
-            None => {
-                self.stats.bump(|c| &c.touch_misses);
-                self.stats.bump(|c| &c.get_misses);
-            }
+            Some(_) => self.stats.bump(|c| &c.touch_hits),
+            None => self.stats.bump(|c| &c.touch_misses),
         }
         hit
     }
@@ -288,6 +282,10 @@ impl Engine {
         });
         match res {
             Ok((outcome, _)) => {
+                if let StoreOutcome::Stored { .. } = outcome {
+                    // memcached counts every item it links, overwrites included.
+                    self.stats.bump(|c| &c.total_items);
+                }
                 if is_cas {
                     match outcome {
                         StoreOutcome::Stored { .. } => self.stats.bump(|c| &c.cas_hits),
@@ -305,11 +303,11 @@ impl Engine {
         }
     }
 
-    /// A write whose value does not fit under `-I`: counted, refused, and (for a
+    /// A write whose value does not fit under `-I`: counted (as `store_too_large`,
+    /// not `cmd_set`: memcached never reads such a value), refused, and (for a
     /// plain `set`) the old item is unlinked. The value itself may never have
     /// been read (the text protocol swallows it unbuffered).
     pub fn too_large(&self, cmd: StoreCmd<'_>) -> StoreOutcome {
-        self.stats.bump(|c| &c.cmd_set);
         self.stats.bump(|c| &c.store_too_large);
         self.unlink_after_failed_set(&cmd);
         StoreOutcome::TooLarge
@@ -511,6 +509,9 @@ impl Engine {
             Ok((o, _)) => o,
             Err(StoreError::NoMemory) => DeltaOutcome::NoMemory,
         };
+        if let DeltaOutcome::Value { created: true, .. } = outcome {
+            self.stats.bump(|c| &c.total_items);
+        }
         let hit = matches!(
             outcome,
             DeltaOutcome::Value { created: false, .. }

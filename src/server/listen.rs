@@ -14,6 +14,19 @@ pub enum Listener {
     Unix(UnixListener, PathBuf),
 }
 
+impl Stream {
+    /// memcached's address notation of the peer, for `stats conns`.
+    pub fn peer(&self) -> String {
+        match self {
+            Stream::Tcp(s) => s
+                .peer_addr()
+                .map(|a| format!("tcp:{a}"))
+                .unwrap_or_else(|_| "tcp".into()),
+            Stream::Unix(_) => "unix".into(),
+        }
+    }
+}
+
 /// An accepted connection.
 pub enum Stream {
     Tcp(tokio::net::TcpStream),
@@ -29,6 +42,17 @@ impl Listener {
                 Ok(Stream::Tcp(s))
             }
             Listener::Unix(l, _) => Ok(Stream::Unix(l.accept().await?.0)),
+        }
+    }
+
+    /// memcached's address notation for `stats conns`.
+    pub fn stat_addr(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| format!("tcp:{a}"))
+                .unwrap_or_else(|_| "tcp".into()),
+            Listener::Unix(_, p) => format!("unix:{}", p.display()),
         }
     }
 

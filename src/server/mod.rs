@@ -4,7 +4,7 @@
 mod conn;
 mod listen;
 
-use crate::session::Shared;
+use crate::session::{ConnEntry, Shared};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +60,13 @@ async fn housekeeping(shared: Arc<Shared>) {
 }
 
 async fn accept_loop(listener: Listener, shared: Arc<Shared>, tracker: TaskTracker) {
+    let listen_addr = listener.stat_addr();
+    let _registered = shared.conns.register(ConnEntry {
+        addr: listen_addr.clone(),
+        listen_addr: listen_addr.clone(),
+        listening: true,
+        since: shared.engine.now(),
+    });
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -90,7 +97,14 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, tracker: TaskTrack
         }
         stats.bump(|c| &c.total_connections);
         let shared = shared.clone();
+        let entry = ConnEntry {
+            addr: stream.peer(),
+            listen_addr: listen_addr.clone(),
+            listening: false,
+            since: shared.engine.now(),
+        };
         tracker.spawn(async move {
+            let _registered = shared.conns.register(entry);
             conn::run(stream, &shared).await;
             shared.curr_conns.fetch_sub(1, Ordering::AcqRel);
         });

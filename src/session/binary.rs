@@ -337,7 +337,7 @@ impl BinarySession {
                 0,
                 &[],
                 &[],
-                crate::VERSION.as_bytes(),
+                crate::WIRE_VERSION.as_bytes(),
             ),
             Kind::Stat => self.stat(key, to, out),
             Kind::SaslListMechs | Kind::SaslAuth | Kind::SaslStep => {

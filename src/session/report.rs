@@ -32,7 +32,7 @@ pub fn general(shared: &Shared) -> Pairs {
         ("pid", std::process::id().to_string()),
         ("uptime", e.clock().uptime().to_string()),
         ("time", e.now().to_string()),
-        ("version", crate::VERSION.to_string()),
+        ("version", crate::WIRE_VERSION.to_string()),
         (
             "pointer_size",
             (8 * std::mem::size_of::<usize>()).to_string(),
@@ -202,4 +202,25 @@ pub fn items(shared: &Shared) -> Pairs {
         ("items:1:evicted_unfetched", s.evicted_unfetched.to_string()),
         ("items:1:evicted_active", s.evicted_active.to_string()),
     ]
+}
+
+/// `stats conns`: one group of lines per connection and listener, as memcached.
+pub fn conns(shared: &Shared) -> Vec<(String, String)> {
+    let now = shared.engine.now();
+    let mut v = Vec::new();
+    for (id, e) in shared.conns.entries() {
+        v.push((format!("{id}:addr"), e.addr.clone()));
+        v.push((format!("{id}:listen_addr"), e.listen_addr.clone()));
+        let state = if e.listening {
+            "conn_listening"
+        } else {
+            "conn_parse_cmd"
+        };
+        v.push((format!("{id}:state"), state.to_string()));
+        v.push((
+            format!("{id}:secs_since_last_cmd"),
+            now.saturating_sub(e.since).to_string(),
+        ));
+    }
+    v
 }

@@ -206,16 +206,18 @@ impl TextSession {
                 }
             }
             Command::Version => {
-                text::put_line(out, format!("VERSION {}", crate::VERSION).as_bytes());
+                text::put_line(out, format!("VERSION {}", crate::WIRE_VERSION).as_bytes());
             }
             Command::Verbosity { level, noreply } => {
                 self.shared.verbosity.store(level.min(2), Ordering::Relaxed);
                 reply_unless(out, noreply, b"OK");
             }
             Command::Quit => return Step::Close(next),
-            Command::Shutdown { graceful: _ } => {
+            Command::Shutdown { valid } => {
                 if !self.shared.settings.shutdown_enabled {
                     text::put_line(out, b"ERROR: shutdown not enabled");
+                } else if !valid {
+                    text::put_line(out, b"CLIENT_ERROR invalid shutdown mode");
                 } else {
                     tracing::info!("shutdown requested by a client");
                     self.shared.shutdown.cancel();
@@ -290,7 +292,14 @@ impl TextSession {
             Some(b"settings") => report::settings(&self.shared),
             Some(b"slabs") => report::slabs(&self.shared),
             Some(b"items") => report::items(&self.shared),
-            Some(b"sizes") | Some(b"conns") => Vec::new(),
+            Some(b"sizes") => Vec::new(),
+            Some(b"conns") => {
+                for (name, value) in report::conns(&self.shared) {
+                    text::put_stat(out, &name, &value);
+                }
+                text::put_line(out, b"END");
+                return;
+            }
             Some(b"reset") => {
                 self.shared.engine.stats().reset();
                 text::put_line(out, b"RESET");

@@ -336,7 +336,6 @@ impl Store {
             }
         };
         if new_key {
-            self.stats.bump(|c| &c.total_items);
             self.tidy_queue();
         }
         self.evict_if_needed(now);
