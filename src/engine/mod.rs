@@ -7,6 +7,7 @@
 //! too-large unlink rule) and the per-command counters; the [`Store`] below it
 //! owns memory, eviction, expiry and the mutation stream.
 
+pub mod meta;
 pub mod numeric;
 
 use crate::clock::Clock;
