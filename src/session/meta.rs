@@ -86,11 +86,13 @@ pub fn execute(
     }
 }
 
-/// The TTL steps among `flags`, in order.
+/// The TTL steps among `flags`, in order: `T`, `N` and (for `mg`) `R`.
+/// Reply encoders count the same flags with [`is_step`] to find the TTL a `t`
+/// flag shows.
 fn steps(flags: &[wire::Flag<'_>], req: &Request<'_>) -> ([TtlStep; MAX_STEPS], usize) {
     let mut buf = [TtlStep::Touch(0); MAX_STEPS];
     let mut n = 0;
-    for f in flags {
+    for f in flags.iter().filter(|f| is_step(req.kind, f.code)) {
         let step = match f.code {
             b'T' => req.ttl.map(TtlStep::Touch),
             b'N' => req.vivify.map(TtlStep::Vivify),
@@ -107,8 +109,13 @@ fn steps(flags: &[wire::Flag<'_>], req: &Request<'_>) -> ([TtlStep; MAX_STEPS], 
     (buf, n)
 }
 
-fn is_step(code: u8) -> bool {
-    matches!(code, b'T' | b'N' | b'R')
+/// Whether a flag is a [`TtlStep`] for this command (`R` only means something to `mg`).
+fn is_step(kind: Kind, code: u8) -> bool {
+    match code {
+        b'T' | b'N' => true,
+        b'R' => kind == Kind::Get,
+        _ => false,
+    }
 }
 
 fn end_line(out: &mut BytesMut) {
@@ -170,7 +177,7 @@ fn get(e: &Engine, req: &Request<'_>, out: &mut BytesMut) -> bool {
             let mut done_steps = 0;
             for f in req.flags() {
                 match f.code {
-                    c if is_step(c) => done_steps += 1,
+                    c if is_step(req.kind, c) => done_steps += 1,
                     b's' => wire::put_num(out, b's', it.value.len()),
                     b't' => wire::put_ttl(out, h.ttl.at(done_steps), h.now, started),
                     b'c' => wire::put_num(out, b'c', it.cas),
@@ -352,7 +359,7 @@ fn arith(e: &Engine, req: &Request<'_>, out: &mut BytesMut) {
             let mut done_steps = 0;
             for f in req.flags() {
                 match f.code {
-                    b'T' | b'N' => done_steps += 1,
+                    c if is_step(req.kind, c) => done_steps += 1,
                     b'c' => wire::put_num(out, b'c', cas),
                     b't' => wire::put_ttl(out, ttl.at(done_steps), now, started),
                     b'O' => wire::put_token(out, f.token),
@@ -490,6 +497,18 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn ttl_flags_report_the_expiry_where_they_stand() {
+        let mut s = session();
+        // `R` is not a TTL step for `ma`; `N0` after `T30` wins on create.
+        let out = run(
+            &mut s,
+            b"ma c R40 T30 N0 t\r\nma c R20 t T30\r\nmg c t T50\r\nmg c R60 t\r\n",
+        );
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(text, "HD t-1\r\nHD t-1\r\nHD t30\r\nHD t50 W\r\n");
     }
 
     const ECHOED: &[u8] = b"stcflhkO";
