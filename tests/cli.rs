@@ -147,7 +147,7 @@ fn udp_is_a_clear_startup_error() {
 #[test]
 fn unknown_extended_options_warn_but_start() {
     let port = free_port();
-    let mut child = Command::new(bin())
+    let child = Command::new(bin())
         .args([
             "-U",
             "0",

@@ -5,7 +5,7 @@
 //! 1:1 to the reply memcached sends. Nothing here knows about sockets or tokio.
 
 pub mod base64;
-pub mod meta;
 pub mod binary;
+pub mod meta;
 pub mod number;
 pub mod text;
