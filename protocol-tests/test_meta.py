@@ -108,8 +108,10 @@ def test_mg_binary_safe_value(conn, key):
 def test_mg_all_simple_flags_in_request_order(conn, key):
     k = key()
     cas = ms_cas(conn, k, b"hi", b"F5")
-    conn.transact(b"mg " + k + b" v c f h k l O123 s t\r\n",
-                  b"VA 2 c%d f5 h0 k%s l0 O123 s2 t-1\r\nhi\r\n" % (cas, k))
+    # l (seconds since last access) is 0, or 1 when the server's clock ticked in between.
+    conn.send(b"mg " + k + b" v c f h k l O123 s t\r\n")
+    expect_re(conn, b"VA 2 c%d f5 h0 k%s l[01] O123 s2 t-1\r\n" % (cas, k))
+    conn.expect(b"hi\r\n")
 
 
 def test_mg_flag_order_follows_request(conn, key):
@@ -191,9 +193,11 @@ def test_mg_h_hit_before(conn, key):
 def test_mg_u_does_not_mark_fetched(conn, key):
     k = key()
     ms(conn, k, b"hi")
-    conn.transact(b"mg " + k + b" u h l\r\n", b"HD h0 l0\r\n")
+    conn.send(b"mg " + k + b" u h l\r\n")
+    expect_re(conn, rb"HD h0 l[01]\r\n")
     conn.transact(b"mg " + k + b" u h\r\n", b"HD h0\r\n")
-    conn.transact(b"mg " + k + b" h l\r\n", b"HD h0 l0\r\n")
+    conn.send(b"mg " + k + b" h l\r\n")
+    expect_re(conn, rb"HD h0 l[01]\r\n")
     conn.transact(b"mg " + k + b" h\r\n", b"HD h1\r\n")
 
 
@@ -493,8 +497,9 @@ MG_FLAGS_18 = [b"c", b"f", b"h", b"k", b"l", b"s", b"t", b"u", b"v",
 def test_mg_17_flags_ok(conn, key):
     k = key()
     cas = ms_cas(conn, k, b"hi")
-    conn.transact(b"mg " + k + b" " + b" ".join(MG_FLAGS_18[:17]) + b"\r\n",
-                  b"VA 2 c%d f0 h0 k%s l0 s2 t-1 O1\r\nhi\r\n" % (cas, k))
+    conn.send(b"mg " + k + b" " + b" ".join(MG_FLAGS_18[:17]) + b"\r\n")
+    expect_re(conn, b"VA 2 c%d f0 h0 k%s l[01] s2 t-1 O1\r\n" % (cas, k))
+    conn.expect(b"hi\r\n")
 
 
 def test_mg_options_too_long(conn, key):
@@ -1470,17 +1475,18 @@ def test_slow_last_access_ttl_countdown_and_expiry(conn, key):
     ms(conn, k, b"hi", b"T100")
     ms(conn, short, b"hi", b"T1")
     time.sleep(2.2)
+    # A loaded machine stretches the sleep; allow a few seconds of slack.
     conn.send(b"mg " + k + b" u l h t\r\n")
-    expect_re(conn, rb"HD l[23] h0 t9[78]\r\n")
+    expect_re(conn, rb"HD l[2-5] h0 t9[5-8]\r\n")
     conn.send(b"me " + k + b"\r\n")
-    expect_re(conn, b"ME " + k + b" exp=-9[78] la=[23] cas=\\d+ fetch=no cls=\\d+ size=\\d+\\r\\n")
+    expect_re(conn, b"ME " + k + b" exp=-9[5-8] la=[2-5] cas=\\d+ fetch=no cls=\\d+ size=\\d+\\r\\n")
     # first real fetch: reports the old access time, marks fetched
     conn.send(b"mg " + k + b" l h\r\n")
-    expect_re(conn, rb"HD l[23] h0\r\n")
+    expect_re(conn, rb"HD l[2-5] h0\r\n")
     # when the access time is bumped afterwards depends on memcached's LRU internals
     # (in-place for HOT/WARM items, asynchronously for COLD ones), so l/la are not pinned
     conn.send(b"mg " + k + b" l h\r\n")
     expect_re(conn, rb"HD l\d+ h1\r\n")
     conn.send(b"me " + k + b"\r\n")
-    expect_re(conn, b"ME " + k + b" exp=-9[78] la=\\d+ cas=\\d+ fetch=yes cls=\\d+ size=\\d+\\r\\n")
+    expect_re(conn, b"ME " + k + b" exp=-9[5-8] la=\\d+ cas=\\d+ fetch=yes cls=\\d+ size=\\d+\\r\\n")
     conn.transact(b"mg " + short + b" v\r\n", b"EN\r\n")

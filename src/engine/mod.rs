@@ -7,6 +7,7 @@
 //! too-large unlink rule) and the per-command counters; the [`Store`] below it
 //! owns memory, eviction, expiry and the mutation stream.
 
+pub mod meta;
 pub mod numeric;
 
 use crate::clock::Clock;
@@ -58,6 +59,9 @@ pub struct StoreCmd<'a> {
     pub invalidate: bool,
     /// Meta `N` for append/prepend: create the item (with this exptime) when missing.
     pub vivify: Option<i64>,
+    /// Meta `b`: the key was sent in base64, so meta replies show it that way
+    /// (the item gets [`Bits::BINARY_KEY`]).
+    pub binary_key: bool,
 }
 
 impl<'a> StoreCmd<'a> {
@@ -72,6 +76,7 @@ impl<'a> StoreCmd<'a> {
             new_cas: None,
             invalidate: false,
             vivify: None,
+            binary_key: false,
         }
     }
 
@@ -254,7 +259,7 @@ impl Engine {
     /// memcached counts these as touches only (`cmd_touch`, `touch_hits`).
     pub fn get_and_touch(&self, key: &[u8], exptime: i64) -> Option<ItemView> {
         self.stats.bump(|c| &c.cmd_touch);
-        let hit = self.touch_inner(key, exptime, true);
+        let hit = self.touch_inner(key, exptime);
         match &hit {
             Some(_) => self.stats.bump(|c| &c.touch_hits),
             None => self.stats.bump(|c| &c.touch_misses),
@@ -338,7 +343,9 @@ impl Engine {
         now: u32,
     ) -> (Change, StoreOutcome) {
         let keep = |o| (Change::Keep, o);
-        let mut bits = 0;
+        // A new version starts with no meta state: a plain write ends stale-while-
+        // revalidate and frees the win token.
+        let mut bits = if cmd.binary_key { Bits::BINARY_KEY } else { 0 };
         let (value, flags, exptime) = match (cmd.mode, old) {
             (StoreMode::Add, Some(it)) => {
                 // A failed add is memcached's lock/ping primitive: it promotes the
@@ -359,8 +366,10 @@ impl Engine {
                 if want == it.cas && want != 0 {
                     (cmd.value.clone(), cmd.flags, exptime)
                 } else if cmd.invalidate && want != 0 && want < it.cas {
-                    bits = Bits::STALE;
-                    (cmd.value.clone(), cmd.flags, exptime)
+                    // Meta `ms I C<older cas>`: a late writer's value is accepted but
+                    // stays stale; TTL and an already handed-out win token are kept.
+                    bits |= Bits::STALE | (it.bits() & Bits::WIN_SENT);
+                    (cmd.value.clone(), cmd.flags, it.exptime)
                 } else {
                     return keep(StoreOutcome::Exists);
                 }
@@ -383,8 +392,9 @@ impl Engine {
                     v.extend_from_slice(&cmd.value);
                     v.extend_from_slice(&it.value);
                 }
-                // Appends keep the old flags, TTL and stale state.
-                bits = it.bits() & Bits::LOGICAL;
+                // Appends keep the old flags and TTL. Like memcached, which builds a
+                // new item, they drop the meta state: stale, win token, binary key.
+                bits = 0;
                 (v.freeze(), it.flags, it.exptime)
             }
             (_, _) => (cmd.value.clone(), cmd.flags, exptime),
@@ -470,32 +480,16 @@ impl Engine {
                 None => (Change::Keep, DeltaOutcome::NotFound),
             },
             Some(it) => {
-                if let Some(want) = cmd.compare_cas {
-                    if want != 0 && want != it.cas {
-                        return (Change::Keep, DeltaOutcome::Exists);
-                    }
-                }
-                let Some(n) = numeric::parse_stored(&it.value) else {
-                    return (Change::Keep, DeltaOutcome::NonNumeric);
+                let (mut state, n, in_place) = match self.delta_state(it, &cmd) {
+                    Ok(r) => r,
+                    Err(o) => return (Change::Keep, o),
                 };
-                let n = numeric::apply_delta(n, cmd.delta, cmd.incr);
-                let exptime = cmd
-                    .touch
-                    .map(|t| self.clock.expiry(t))
-                    .unwrap_or(it.exptime);
-                let cas = self.assign_cas(cmd.new_cas);
-                let value = Bytes::from(numeric::render(n, it.value.len()));
+                if let Some(t) = cmd.touch {
+                    state.exptime = self.clock.expiry(t);
+                }
+                let (cas, exptime) = (state.cas, state.exptime);
                 (
-                    Change::Put(
-                        ItemState {
-                            value,
-                            flags: it.flags,
-                            exptime,
-                            cas,
-                            bits: it.bits() & Bits::LOGICAL,
-                        },
-                        Op::Store,
-                    ),
+                    delta_change(state, in_place),
                     DeltaOutcome::Value {
                         value: n,
                         cas,
@@ -512,25 +506,74 @@ impl Engine {
         if let DeltaOutcome::Value { created: true, .. } = outcome {
             self.stats.bump(|c| &c.total_items);
         }
-        let hit = matches!(
-            outcome,
-            DeltaOutcome::Value { created: false, .. }
-                | DeltaOutcome::NonNumeric
-                | DeltaOutcome::Exists
-        );
-        match (cmd.incr, hit) {
-            (true, true) => self.stats.bump(|c| &c.incr_hits),
-            (true, false) => self.stats.bump(|c| &c.incr_misses),
-            (false, true) => self.stats.bump(|c| &c.decr_hits),
-            (false, false) => self.stats.bump(|c| &c.decr_misses),
-        }
+        self.count_delta(cmd.incr, &outcome);
         outcome
     }
 
+    /// memcached counts a hit only for a number actually changed and a miss only
+    /// for a missing key; a created item, a non-numeric value and a CAS mismatch
+    /// count as neither.
+    fn count_delta(&self, incr: bool, outcome: &DeltaOutcome) {
+        match (incr, outcome) {
+            (true, DeltaOutcome::Value { created: false, .. }) => self.stats.bump(|c| &c.incr_hits),
+            (false, DeltaOutcome::Value { created: false, .. }) => {
+                self.stats.bump(|c| &c.decr_hits)
+            }
+            (true, DeltaOutcome::NotFound) => self.stats.bump(|c| &c.incr_misses),
+            (false, DeltaOutcome::NotFound) => self.stats.bump(|c| &c.decr_misses),
+            _ => {}
+        }
+    }
+
+    /// incr/decr applied to an existing item: its next state, the new number,
+    /// and whether memcached would rewrite it in place (the number still fits).
+    /// Shared by the classic, binary and meta (`ma`) commands.
+    fn delta_state(
+        &self,
+        it: &Item,
+        cmd: &DeltaCmd<'_>,
+    ) -> Result<(ItemState, u64, bool), DeltaOutcome> {
+        // memcached refuses an empty value before it looks at the CAS.
+        if it.value.is_empty() {
+            return Err(DeltaOutcome::NonNumeric);
+        }
+        if let Some(want) = cmd.compare_cas {
+            if want != 0 && want != it.cas {
+                return Err(DeltaOutcome::Exists);
+            }
+        }
+        let n = numeric::parse_stored(&it.value).ok_or(DeltaOutcome::NonNumeric)?;
+        let n = numeric::apply_delta(n, cmd.delta, cmd.incr);
+        let value = numeric::render(n, it.value.len());
+        // memcached rewrites a number that still fits in place, keeping the item's
+        // meta state (stale, win token, binary key); a longer one goes into a new
+        // item, which starts without it.
+        let in_place = value.len() <= it.value.len();
+        let bits = if in_place {
+            it.bits() & Bits::LOGICAL
+        } else {
+            0
+        };
+        let cas = self.assign_cas(cmd.new_cas);
+        Ok((
+            ItemState {
+                value: Bytes::from(value),
+                flags: it.flags,
+                exptime: it.exptime,
+                cas,
+                bits,
+            },
+            n,
+            in_place,
+        ))
+    }
+
     /// `touch`: new TTL, same value and CAS. Returns the item when it existed.
+    /// Like memcached's `item_touch`, which fetches the item with an LRU bump, it
+    /// marks the item fetched (visible through meta `h` and `me`).
     pub fn touch(&self, key: &[u8], exptime: i64) -> Option<ItemView> {
         self.stats.bump(|c| &c.cmd_touch);
-        let hit = self.touch_inner(key, exptime, false);
+        let hit = self.touch_inner(key, exptime);
         if hit.is_some() {
             self.stats.bump(|c| &c.touch_hits);
         } else {
@@ -539,7 +582,7 @@ impl Engine {
         hit
     }
 
-    fn touch_inner(&self, key: &[u8], exptime: i64, fetch: bool) -> Option<ItemView> {
+    fn touch_inner(&self, key: &[u8], exptime: i64) -> Option<ItemView> {
         let now = self.now();
         let exptime = self.clock.expiry(exptime);
         let res = self.store.modify(key, now, |old| match old {
@@ -548,9 +591,7 @@ impl Engine {
                 let view = ItemView::of(it);
                 let mut state = it.state();
                 state.exptime = exptime;
-                if fetch {
-                    it.mark_accessed(now, true);
-                }
+                it.mark_accessed(now, true);
                 (Change::Put(state, Op::Touch), Some(view))
             }
         });
@@ -567,6 +608,16 @@ impl Engine {
             now
         };
         self.store.flush(at, now);
+    }
+}
+
+/// The store change for an incr/decr result: in place (keeping the item's
+/// fetched bit and recency) when the number still fits, else a new version.
+fn delta_change(state: ItemState, in_place: bool) -> Change {
+    if in_place {
+        Change::Rewrite(state)
+    } else {
+        Change::Put(state, Op::Store)
     }
 }
 

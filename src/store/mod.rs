@@ -51,6 +51,10 @@ pub enum Change {
     Keep,
     /// Write this item (its sequence number and timestamps are filled in by the store).
     Put(ItemState, Op),
+    /// Write a new version *in place* of the live item, published as a store:
+    /// memcached rewrites an incr/decr result that still fits into the same item,
+    /// so its fetched bit and recency survive (unlike a `set`, which makes a new item).
+    Rewrite(ItemState),
     /// Delete the key (a client delete).
     Remove,
 }
@@ -267,16 +271,13 @@ impl Store {
                 } else {
                     None
                 });
-                match change {
-                    Change::Keep => {
-                        if dead.is_some() {
-                            let (k, item) = occ.remove_entry();
-                            self.forget(&k, &item, Op::Expire);
-                            self.stats.bump(|c| &c.reclaimed);
-                        }
-                        (r, 0)
-                    }
-                    Change::Remove => {
+                let put = match change {
+                    Change::Put(state, op) => Ok((state, op, false)),
+                    Change::Rewrite(state) => Ok((state, Op::Store, true)),
+                    other => Err(other),
+                };
+                match put {
+                    Err(Change::Remove) => {
                         if dead.is_some() {
                             let (k, item) = occ.remove_entry();
                             self.forget(&k, &item, Op::Expire);
@@ -287,7 +288,15 @@ impl Store {
                             (r, seq)
                         }
                     }
-                    Change::Put(state, op) => {
+                    Err(_keep) => {
+                        if dead.is_some() {
+                            let (k, item) = occ.remove_entry();
+                            self.forget(&k, &item, Op::Expire);
+                            self.stats.bump(|c| &c.reclaimed);
+                        }
+                        (r, 0)
+                    }
+                    Ok((state, op, in_place)) => {
                         let old = charge(occ.key(), &occ.get().value);
                         let new = charge(occ.key(), &state.value);
                         self.reserve(new, old)?;
@@ -306,8 +315,9 @@ impl Store {
                         };
                         let mut item = Item::new(state, seq, now, qid);
                         item.stored_at = stored_at;
-                        if op == Op::Touch && dead.is_none() {
-                            // A touch keeps the fetched bit and recency of the old version.
+                        if (op == Op::Touch || in_place) && dead.is_none() {
+                            // A touch (or in-place rewrite) keeps the fetched bit and
+                            // recency of the old version.
                             item.mark_accessed(now, occ.get().has(Bits::FETCHED));
                         }
                         occ.insert(item);
@@ -320,9 +330,14 @@ impl Store {
             }
             Entry::Vacant(vac) => {
                 let (change, r) = f(None);
-                match change {
-                    Change::Keep | Change::Remove => (r, 0),
-                    Change::Put(state, op) => {
+                let put = match change {
+                    Change::Put(state, op) => Some((state, op)),
+                    Change::Rewrite(state) => Some((state, Op::Store)),
+                    Change::Keep | Change::Remove => None,
+                };
+                match put {
+                    None => (r, 0),
+                    Some((state, op)) => {
                         self.reserve(charge(vac.key(), &state.value), 0)?;
                         let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
                         let seq = self.publish_put(vac.key(), &state, op);
