@@ -95,6 +95,21 @@ fn text_parsing(c: &mut Criterion) {
     g.finish();
 }
 
+/// The table's hasher: std SipHash-1-3 vs foldhash (both randomly seeded), on a
+/// session-id-sized key, in the same run so machine noise hits both alike.
+fn hashing(c: &mut Criterion) {
+    use std::hash::BuildHasher;
+    let mut g = c.benchmark_group("hash");
+    let sip = std::collections::hash_map::RandomState::new();
+    let fold = foldhash::quality::RandomState::default();
+    for key in [&b"key:00012345"[..], &b"session:3f9a0c1e5b7d4a2e8c6f0b1d9e7a5c3b"[..]] {
+        let n = key.len();
+        g.bench_function(format!("siphash_{n}B"), |b| b.iter(|| sip.hash_one(black_box(key))));
+        g.bench_function(format!("foldhash_{n}B"), |b| b.iter(|| fold.hash_one(black_box(key))));
+    }
+    g.finish();
+}
+
 fn binary_header(c: &mut Criterion) {
     let mut pkt = vec![0x80u8, 0x00, 0, 12, 0, 0, 0, 0, 0, 0, 0, 12, 0, 0, 0, 7];
     pkt.extend_from_slice(&[0; 8]);
@@ -260,6 +275,6 @@ fn quick() -> Criterion {
 criterion_group! {
     name = benches;
     config = quick();
-    targets = text_parsing, binary_header, store_ops, reply_encoding, session
+    targets = text_parsing, hashing, binary_header, store_ops, reply_encoding, session
 }
 criterion_main!(benches);

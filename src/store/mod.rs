@@ -59,6 +59,17 @@ pub enum Change {
     Remove,
 }
 
+/// What [`Store::apply_occupied`] did.
+struct Applied<R> {
+    r: R,
+    /// Sequence number of the published mutation (0 when nothing changed).
+    seq: u64,
+    /// The entry must be unlinked (already accounted and published).
+    remove: bool,
+    /// The key got a new eviction-queue identity.
+    new_key: bool,
+}
+
 /// Result of a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -262,99 +273,150 @@ impl Store {
         now: u32,
         f: impl FnOnce(Option<&Item>) -> (Change, R),
     ) -> Result<(R, u64), StoreError> {
-        let mut new_key = false;
-        let result = match self.map.entry(Bytes::copy_from_slice(key)) {
-            Entry::Occupied(mut occ) => {
-                let dead = self.dead(occ.get(), now);
-                let (change, r) = f(if dead.is_none() {
-                    Some(occ.get())
-                } else {
-                    None
-                });
-                let put = match change {
-                    Change::Put(state, op) => Ok((state, op, false)),
-                    Change::Rewrite(state) => Ok((state, Op::Store, true)),
-                    other => Err(other),
-                };
-                match put {
-                    Err(Change::Remove) => {
-                        if dead.is_some() {
-                            let (k, item) = occ.remove_entry();
-                            self.forget(&k, &item, Op::Expire);
-                            (r, 0)
-                        } else {
-                            let (k, item) = occ.remove_entry();
-                            let seq = self.forget(&k, &item, Op::Delete);
-                            (r, seq)
-                        }
+        // Fast path for a key that exists (overwrites, deletes, touches, incr: the
+        // common case for a session store): look it up by the borrowed key, so no
+        // key is allocated, hash once, and decide under the shard's write lock.
+        let mut f = Some(f);
+        let mut decided = None;
+        let removed = self.map.remove_if_mut(key, |k, item| {
+            let Some(f) = f.take() else { return false };
+            let res = self.apply_occupied(k, item, now, f);
+            let remove = matches!(res, Ok(Applied { remove: true, .. }));
+            decided = Some(res);
+            remove
+        });
+        // The removed key and item are freed here, outside the lock.
+        drop(removed);
+        let applied = match (decided, f) {
+            (Some(res), _) => res?,
+            // Absent (or removed by someone else in between): the entry API, which
+            // needs an owned key because it may insert one.
+            (None, Some(f)) => match self.map.entry(Bytes::copy_from_slice(key)) {
+                Entry::Occupied(mut occ) => {
+                    // Rare: the key appeared since the fast path looked.
+                    let k = occ.key().clone();
+                    let applied = self.apply_occupied(&k, occ.get_mut(), now, f)?;
+                    if applied.remove {
+                        occ.remove_entry();
                     }
-                    Err(_keep) => {
-                        if dead.is_some() {
-                            let (k, item) = occ.remove_entry();
-                            self.forget(&k, &item, Op::Expire);
-                            self.stats.bump(|c| &c.reclaimed);
+                    applied
+                }
+                Entry::Vacant(vac) => {
+                    let (change, r) = f(None);
+                    let put = match change {
+                        Change::Put(state, op) => Some((state, op)),
+                        Change::Rewrite(state) => Some((state, Op::Store)),
+                        Change::Keep | Change::Remove => None,
+                    };
+                    match put {
+                        None => Applied {
+                            r,
+                            seq: 0,
+                            remove: false,
+                            new_key: false,
+                        },
+                        Some((state, op)) => {
+                            self.reserve(charge(vac.key(), &state.value), 0)?;
+                            let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
+                            let seq = self.publish_put(vac.key(), &state, op);
+                            let key = vac.key().clone();
+                            vac.insert(Item::new(state, seq, now, qid));
+                            self.queue.push((key, qid));
+                            Applied {
+                                r,
+                                seq,
+                                remove: false,
+                                new_key: true,
+                            }
                         }
-                        (r, 0)
-                    }
-                    Ok((state, op, in_place)) => {
-                        let old = charge(occ.key(), &occ.get().value);
-                        let new = charge(occ.key(), &state.value);
-                        self.reserve(new, old)?;
-                        let qid = if dead.is_some() {
-                            new_key = true;
-                            self.stats.bump(|c| &c.reclaimed);
-                            self.next_qid.fetch_add(1, Ordering::Relaxed)
-                        } else {
-                            occ.get().qid
-                        };
-                        let seq = self.publish_put(occ.key(), &state, op);
-                        let stored_at = if op == Op::Touch && dead.is_none() {
-                            occ.get().stored_at
-                        } else {
-                            now
-                        };
-                        let mut item = Item::new(state, seq, now, qid);
-                        item.stored_at = stored_at;
-                        if (op == Op::Touch || in_place) && dead.is_none() {
-                            // A touch (or in-place rewrite) keeps the fetched bit and
-                            // recency of the old version.
-                            item.mark_accessed(now, occ.get().has(Bits::FETCHED));
-                        }
-                        occ.insert(item);
-                        if new_key {
-                            self.queue.push((occ.key().clone(), qid));
-                        }
-                        (r, seq)
                     }
                 }
-            }
-            Entry::Vacant(vac) => {
-                let (change, r) = f(None);
-                let put = match change {
-                    Change::Put(state, op) => Some((state, op)),
-                    Change::Rewrite(state) => Some((state, Op::Store)),
-                    Change::Keep | Change::Remove => None,
-                };
-                match put {
-                    None => (r, 0),
-                    Some((state, op)) => {
-                        self.reserve(charge(vac.key(), &state.value), 0)?;
-                        let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
-                        let seq = self.publish_put(vac.key(), &state, op);
-                        let key = vac.key().clone();
-                        vac.insert(Item::new(state, seq, now, qid));
-                        self.queue.push((key, qid));
-                        new_key = true;
-                        (r, seq)
-                    }
-                }
-            }
+            },
+            (None, None) => unreachable!("the closure ran but decided nothing"),
         };
-        if new_key {
+        if applied.new_key {
             self.tidy_queue();
         }
         self.evict_if_needed(now);
-        Ok(result)
+        Ok((applied.r, applied.seq))
+    }
+
+    /// Run `f` on the item stored at `key` (live, or dead and so shown as `None`)
+    /// and apply its decision in place, under the shard lock the caller holds.
+    /// A removal is accounted and published here; the caller unlinks the entry.
+    fn apply_occupied<R>(
+        &self,
+        key: &Bytes,
+        item: &mut Item,
+        now: u32,
+        f: impl FnOnce(Option<&Item>) -> (Change, R),
+    ) -> Result<Applied<R>, StoreError> {
+        let dead = self.dead(item, now);
+        let (change, r) = f(if dead.is_none() { Some(item) } else { None });
+        let put = match change {
+            Change::Put(state, op) => Ok((state, op, false)),
+            Change::Rewrite(state) => Ok((state, Op::Store, true)),
+            other => Err(other),
+        };
+        let done = |r, seq, remove| Applied {
+            r,
+            seq,
+            remove,
+            new_key: false,
+        };
+        match put {
+            Err(Change::Remove) => {
+                if dead.is_some() {
+                    self.forget(key, item, Op::Expire);
+                    Ok(done(r, 0, true))
+                } else {
+                    let seq = self.forget(key, item, Op::Delete);
+                    Ok(done(r, seq, true))
+                }
+            }
+            Err(_keep) => {
+                if dead.is_some() {
+                    self.forget(key, item, Op::Expire);
+                    self.stats.bump(|c| &c.reclaimed);
+                }
+                Ok(done(r, 0, dead.is_some()))
+            }
+            Ok((state, op, in_place)) => {
+                let old = charge(key, &item.value);
+                let new = charge(key, &state.value);
+                self.reserve(new, old)?;
+                let new_key = dead.is_some();
+                let qid = if new_key {
+                    self.stats.bump(|c| &c.reclaimed);
+                    self.next_qid.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    item.qid
+                };
+                let seq = self.publish_put(key, &state, op);
+                let stored_at = if op == Op::Touch && dead.is_none() {
+                    item.stored_at
+                } else {
+                    now
+                };
+                let mut next = Item::new(state, seq, now, qid);
+                next.stored_at = stored_at;
+                if (op == Op::Touch || in_place) && dead.is_none() {
+                    // A touch (or in-place rewrite) keeps the fetched bit and
+                    // recency of the old version.
+                    next.mark_accessed(now, item.has(Bits::FETCHED));
+                }
+                *item = next;
+                if new_key {
+                    self.queue.push((key.clone(), qid));
+                }
+                Ok(Applied {
+                    r,
+                    seq,
+                    remove: false,
+                    new_key,
+                })
+            }
+        }
     }
 
     fn publish_put(&self, key: &Bytes, state: &ItemState, op: Op) -> u64 {
