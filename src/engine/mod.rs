@@ -13,7 +13,7 @@ pub mod numeric;
 use crate::clock::Clock;
 use crate::mutation::{ItemState, MutationStream, Op};
 use crate::stats::Stats;
-use crate::store::{Bits, Change, Item, ItemView, Lookup, Store, StoreConfig, StoreError};
+use crate::store::{Bits, Change, Item, ItemView, Missed, Store, StoreConfig, StoreError};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
@@ -232,22 +232,34 @@ impl Engine {
 
     /// A read with optional LRU bump (meta `u` disables it).
     pub fn get_opts(&self, key: &[u8], bump: bool) -> Option<ItemView> {
+        self.read(key, bump, ItemView::of)
+    }
+
+    /// `get` without an owned copy: `f` encodes the reply straight from the
+    /// stored item, under the shard's read lock (see [`Store::read`]). Counts
+    /// like [`Engine::get`].
+    #[inline]
+    pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&Item) -> R) -> Option<R> {
+        self.read(key, true, f)
+    }
+
+    fn read<R>(&self, key: &[u8], bump: bool, f: impl FnOnce(&Item) -> R) -> Option<R> {
         self.stats.bump(|c| &c.cmd_get);
-        match self.store.get(key, self.now(), bump) {
-            Lookup::Hit(v) => {
+        match self.store.read(key, self.now(), bump, f) {
+            Ok(r) => {
                 self.stats.bump(|c| &c.get_hits);
-                Some(v)
+                Some(r)
             }
-            Lookup::Miss => {
+            Err(Missed::Miss) => {
                 self.stats.bump(|c| &c.get_misses);
                 None
             }
-            Lookup::Expired => {
+            Err(Missed::Expired) => {
                 self.stats.bump(|c| &c.get_misses);
                 self.stats.bump(|c| &c.get_expired);
                 None
             }
-            Lookup::Flushed => {
+            Err(Missed::Flushed) => {
                 self.stats.bump(|c| &c.get_misses);
                 self.stats.bump(|c| &c.get_flushed);
                 None

@@ -198,23 +198,23 @@ impl BinarySession {
         let e = &self.shared.engine;
         match req.kind {
             Kind::Get { with_key, touch } => {
+                let rkey = if with_key { key } else { &[][..] };
                 let hit = if touch {
                     self.mutated = true;
                     e.get_and_touch(key, i64::from(bin::exptime_extras(extras)))
+                        .map(|v| {
+                            let flags = v.flags.to_be_bytes();
+                            put_response(out, to, Status::Success, v.cas, &flags, rkey, &v.value)
+                        })
                 } else {
-                    e.get(key)
+                    // Encoded straight from the table: no copy of the item.
+                    e.get_with(key, |it| {
+                        let flags = it.flags.to_be_bytes();
+                        put_response(out, to, Status::Success, it.cas, &flags, rkey, &it.value)
+                    })
                 };
-                let rkey = if with_key { key } else { &[][..] };
                 match hit {
-                    Some(v) => put_response(
-                        out,
-                        to,
-                        Status::Success,
-                        v.cas,
-                        &v.flags.to_be_bytes(),
-                        rkey,
-                        &v.value,
-                    ),
+                    Some(()) => {}
                     None if quiet => {}
                     // GETK/GATK misses carry the key instead of the text.
                     None if with_key => {

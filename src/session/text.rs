@@ -91,15 +91,19 @@ impl TextSession {
                     return self.rejected(r, next, out);
                 }
                 for key in Tokens::new(keys) {
-                    let hit = match touch {
+                    match touch {
                         Some(exptime) => {
                             self.mutated = true;
-                            e.get_and_touch(key, exptime)
+                            if let Some(v) = e.get_and_touch(key, exptime) {
+                                text::put_value(out, key, v.flags, &v.value, cas.then_some(v.cas));
+                            }
                         }
-                        None => e.get(key),
-                    };
-                    if let Some(v) = hit {
-                        text::put_value(out, key, v.flags, &v.value, cas.then_some(v.cas));
+                        // Encoded straight from the table: no copy of the item.
+                        None => {
+                            e.get_with(key, |it| {
+                                text::put_value(out, key, it.flags, &it.value, cas.then_some(it.cas))
+                            });
+                        }
                     }
                 }
                 text::put_line(out, b"END");

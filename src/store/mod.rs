@@ -81,6 +81,16 @@ pub enum Lookup {
     Flushed,
 }
 
+/// Why [`Store::read`] found no live item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missed {
+    Miss,
+    /// The key existed but had expired (counted as `get_expired`).
+    Expired,
+    /// The key existed but was invalidated by `flush_all` (`get_flushed`).
+    Flushed,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dead {
     Expired,
@@ -217,24 +227,44 @@ impl Store {
     /// Read a live item. `fetch` marks it as fetched (for meta `h`) and recently used;
     /// `bump` = false (meta `u`) leaves recency alone.
     pub fn get(&self, key: &[u8], now: u32, bump: bool) -> Lookup {
+        match self.read(key, now, bump, ItemView::of) {
+            Ok(view) => Lookup::Hit(view),
+            Err(Missed::Miss) => Lookup::Miss,
+            Err(Missed::Expired) => Lookup::Expired,
+            Err(Missed::Flushed) => Lookup::Flushed,
+        }
+    }
+
+    /// Read a live item in place: `f` runs under the shard's read lock and sees
+    /// the item as it was before this read (then it is marked fetched and, with
+    /// `bump`, recently used). `f` must not call back into the store. This is the
+    /// hot read path: replies are encoded straight from the table, so a hit
+    /// costs no refcount traffic on the value and no owned copy of the item.
+    pub fn read<R>(
+        &self,
+        key: &[u8],
+        now: u32,
+        bump: bool,
+        f: impl FnOnce(&Item) -> R,
+    ) -> Result<R, Missed> {
         let dead = match self.map.get(key) {
-            None => return Lookup::Miss,
+            None => return Err(Missed::Miss),
             Some(item) => match self.dead(&item, now) {
                 None => {
-                    let view = ItemView::of(&item);
+                    let r = f(&item);
                     if bump {
                         item.mark_accessed(now, true);
                     }
-                    return Lookup::Hit(view);
+                    return Ok(r);
                 }
                 Some(d) => d,
             },
         };
         self.reclaim(key, now);
-        match dead {
-            Dead::Expired => Lookup::Expired,
-            Dead::Flushed => Lookup::Flushed,
-        }
+        Err(match dead {
+            Dead::Expired => Missed::Expired,
+            Dead::Flushed => Missed::Flushed,
+        })
     }
 
     /// Remove `key` if it is dead, publishing an `Expire` record.
@@ -539,6 +569,17 @@ impl Store {
             let Some((key, qid)) = self.queue.pop() else {
                 break;
             };
+            // Most examined items are alive: look under the read lock first and
+            // take the write lock only to unlink a dead one.
+            let alive = match self.map.get(&key) {
+                None => continue,
+                Some(it) if it.qid != qid => continue,
+                Some(it) => self.dead(&it, now).is_none(),
+            };
+            if alive {
+                self.queue.push((key, qid));
+                continue;
+            }
             let mut keep = false;
             let removed = self.map.remove_if(&key, |_, it| {
                 if it.qid != qid {
