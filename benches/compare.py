@@ -463,7 +463,13 @@ def build(opts):
     return bins
 
 
+def _terminate(signum, _frame):
+    # Turn SIGTERM into an exception so every `finally` stops the servers we started.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main():
+    signal.signal(signal.SIGTERM, _terminate)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 reps x 3 s, 50 connections only")
     ap.add_argument("--reps", type=int)
@@ -482,6 +488,9 @@ def main():
     ap.add_argument("--mem-budget", type=int, help="-m for the 100-byte test (default 256, quick 64)")
     ap.add_argument("--mem-big-items", type=int, help="4 KB items for RSS/raw (default 100000, quick 30000)")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--ref-label", default=os.environ.get("REF_LABEL", ""),
+                    help="name for the reference server in the report (e.g. an older memtwin build "
+                         "given as MEMCACHED_BIN for an A/B run)")
     ap.add_argument("--out", help="results directory (default target/bench-results/<time>)")
     opts = ap.parse_args()
     q = opts.quick
@@ -502,8 +511,10 @@ def main():
     bins = build(opts)
     out = opts.out or os.path.join(ROOT, "target", "bench-results", time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(out, exist_ok=True)
-    mc_version = subprocess.run([bins["memcached"], "-V"], capture_output=True, text=True).stdout.strip()
+    mc_version = opts.ref_label or subprocess.run([bins["memcached"], "-V"], capture_output=True,
+                                                  text=True).stdout.strip()
     head = [f"# memtwin vs {mc_version or bins['memcached']}", "",
+            f"Reference (\"mc\" below): `{bins['memcached']}`. ",
             f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, reps {opts.reps} x {opts.duration} s "
             f"(+{opts.warmup} s warm-up), conns {opts.conns}, keys {opts.keys}.", ""]
     report = list(head)
