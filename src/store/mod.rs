@@ -13,12 +13,38 @@
 //! The store is synchronous and never hands out a lock guard: reads return owned
 //! [`ItemView`]s and writes go through [`Store::modify`] with a closure that runs
 //! under the key's shard lock. So no guard can be held across an `.await`, and
-//! no code path holds two keys at once. Every change is published on the
-//! [`MutationStream`] while the shard lock is held, so per-key order in the
-//! stream is the order of the table.
+//! no code path holds two keys at once. Every change (removals included) is
+//! published on the [`MutationStream`] while the shard lock is held, so per-key
+//! order in the stream is the order of the table.
+//!
+//! ## RAM as a cache over disk
+//!
+//! With persistence on, a [`Backing`] is installed and RAM becomes a cache of the
+//! persisted data set: a key missing from RAM is looked up in the backing and,
+//! when live there, re-inserted (by `get` as by every [`Store::modify`], so add,
+//! cas, incr, append, touch and delete behave as if the item had never left
+//! RAM). The backing lags the table (the writer applies the stream behind the
+//! request path), so three rules keep the read-through from returning something
+//! the table no longer says:
+//!
+//! 1. the backing is read with the key's shard lock held, so no write to the
+//!    key runs between the read and the re-insert;
+//! 2. a key removed from RAM by a delete or an expiry is remembered as
+//!    *unsettled* (key -> sequence number of the removal) until the backing has
+//!    applied that number; until then a read-through answers "miss" instead of
+//!    resurrecting the old version from disk;
+//! 3. an item is only evicted once the backing has applied its sequence number
+//!    (a *dirty* item is skipped by the eviction clock), so an evicted item's
+//!    latest version is always on disk.
+//!
+//! While RAM is known to hold every persisted item (`complete`: nothing has been
+//! evicted or left on disk at load), a miss is a miss and the backing is not
+//! consulted at all.
 
+mod backing;
 mod item;
 
+pub use backing::{Backing, BackingError, Persisted};
 pub use item::{Bits, Item, ItemView};
 
 use crate::mutation::{FlushSpec, ItemState, Mutation, MutationStream, Op};
@@ -28,8 +54,12 @@ use crossbeam_queue::SegQueue;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use std::collections::hash_map::RandomState;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// How many dirty items (not yet applied by the backing) one eviction pass may
+/// skip before giving up; the next write tries again.
+const DIRTY_SKIP_LIMIT: usize = 64;
 
 /// Bytes charged per item on top of key and value: the `Item` struct, the key's
 /// `Bytes` handle, the hash-table slot and control bytes at typical load, the
@@ -72,6 +102,23 @@ enum Dead {
     Flushed,
 }
 
+/// What a read-through found.
+enum Fetched {
+    Live(Item),
+    Dead(Dead),
+    Absent,
+}
+
+/// Result of [`Store::warm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warm {
+    Loaded,
+    /// Expired or flushed: not loaded (the caller purges it from disk).
+    Dead,
+    /// RAM is full: left on disk, read through on demand.
+    NoRoom,
+}
+
 /// Store configuration.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -96,6 +143,12 @@ pub struct Store {
     flush_lock: Mutex<()>,
     stream: Arc<MutationStream>,
     stats: Arc<Stats>,
+    backing: OnceLock<Arc<dyn Backing>>,
+    /// RAM holds every live persisted item, so a miss needs no disk lookup.
+    complete: AtomicBool,
+    /// Keys removed from RAM (delete, expiry) whose removal the backing has not
+    /// applied yet: key -> sequence number of the removal record.
+    unsettled: DashMap<Bytes, u64, RandomState>,
 }
 
 impl std::fmt::Debug for Store {
@@ -127,7 +180,39 @@ impl Store {
             flush_lock: Mutex::new(()),
             stream,
             stats,
+            backing: OnceLock::new(),
+            complete: AtomicBool::new(true),
+            unsettled: DashMap::with_hasher(RandomState::new()),
         }
+    }
+
+    /// Install the persisted data set RAM caches (once, before serving).
+    /// `complete` says whether RAM already holds all of it.
+    pub fn set_backing(&self, backing: Arc<dyn Backing>, complete: bool) {
+        self.complete.store(complete, Ordering::SeqCst);
+        if self.backing.set(backing).is_err() {
+            tracing::warn!("store backing installed twice; keeping the first");
+        }
+    }
+
+    pub fn backing(&self) -> Option<&Arc<dyn Backing>> {
+        self.backing.get()
+    }
+
+    /// Whether a miss in RAM has to look at the backing.
+    #[inline]
+    fn reads_through(&self) -> bool {
+        self.backing.get().is_some() && !self.complete.load(Ordering::SeqCst)
+    }
+
+    /// Whether every live persisted item is in RAM (no read-through needed).
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::SeqCst)
+    }
+
+    /// Removals not yet applied by the backing (for stats and tests).
+    pub fn unsettled_len(&self) -> usize {
+        self.unsettled.len()
     }
 
     pub fn stream(&self) -> &Arc<MutationStream> {
@@ -203,7 +288,7 @@ impl Store {
     /// `bump` = false (meta `u`) leaves recency alone.
     pub fn get(&self, key: &[u8], now: u32, bump: bool) -> Lookup {
         let dead = match self.map.get(key) {
-            None => return Lookup::Miss,
+            None => return self.read_through(key, now, bump),
             Some(item) => match self.dead(&item, now) {
                 None => {
                     let view = ItemView::of(&item);
@@ -222,13 +307,113 @@ impl Store {
         }
     }
 
+    /// A miss in RAM: with a backing that RAM does not fully cover, look the
+    /// key up on disk under its shard lock and re-insert it when live.
+    fn read_through(&self, key: &[u8], now: u32, bump: bool) -> Lookup {
+        if !self.reads_through() {
+            return Lookup::Miss;
+        }
+        let vac = match self.map.entry(Bytes::copy_from_slice(key)) {
+            // Inserted since our lookup: an ordinary read sees it.
+            Entry::Occupied(occ) => {
+                drop(occ);
+                return match self.map.get(key) {
+                    Some(item) if self.dead(&item, now).is_none() => {
+                        let view = ItemView::of(&item);
+                        if bump {
+                            item.mark_accessed(now, true);
+                        }
+                        Lookup::Hit(view)
+                    }
+                    _ => Lookup::Miss,
+                };
+            }
+            Entry::Vacant(vac) => vac,
+        };
+        match self.fetch_persisted(vac.key(), now) {
+            Fetched::Absent => Lookup::Miss,
+            Fetched::Dead(Dead::Expired) => Lookup::Expired,
+            Fetched::Dead(Dead::Flushed) => Lookup::Flushed,
+            Fetched::Live(item) => {
+                let view = ItemView::of(&item);
+                if bump {
+                    item.mark_accessed(now, true);
+                }
+                if self.cache_vacant(vac, item) {
+                    self.evict_if_needed(now);
+                }
+                Lookup::Hit(view)
+            }
+        }
+    }
+
+    /// Under the key's shard lock, with the key absent from RAM: its live
+    /// persisted version, if any. A dead one is reported (and an `Expire` is
+    /// published so the writer purges it).
+    fn fetch_persisted(&self, key: &Bytes, now: u32) -> Fetched {
+        if !self.reads_through() {
+            return Fetched::Absent;
+        }
+        let Some(backing) = self.backing.get() else {
+            return Fetched::Absent;
+        };
+        let applied = backing.applied_seq();
+        if let Some(removed_at) = self.unsettled.get(key).map(|r| *r) {
+            if removed_at > applied {
+                // Deleted or expired here; the disk does not know yet.
+                return Fetched::Absent;
+            }
+            self.unsettled.remove_if(key, |_, s| *s <= applied);
+        }
+        let p = match backing.fetch(key) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Fetched::Absent,
+            Err(e) => {
+                self.stats.bump(|c| &c.store_io_error);
+                tracing::error!("read-through of a key failed, answering a miss: {e}");
+                return Fetched::Absent;
+            }
+        };
+        let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
+        let mut item = Item::new(p.state, p.seq, now, qid);
+        item.stored_at = p.stored_at;
+        match self.dead(&item, now) {
+            None => Fetched::Live(item),
+            Some(d) => {
+                self.removed(key, Op::Expire);
+                Fetched::Dead(d)
+            }
+        }
+    }
+
+    /// Insert an item read through from the backing into its vacant slot, if
+    /// memory allows (with `-M` and a full cache it is served but not cached).
+    /// Returns whether it was inserted (the caller then runs eviction, after
+    /// the slot's lock is released).
+    fn cache_vacant(
+        &self,
+        vac: dashmap::mapref::entry::VacantEntry<'_, Bytes, Item>,
+        item: Item,
+    ) -> bool {
+        if self.reserve(charge(vac.key(), &item.value), 0).is_err() {
+            return false;
+        }
+        let entry = (vac.key().clone(), item.qid);
+        drop(vac.insert(item));
+        self.queue.push(entry);
+        true
+    }
+
     /// Remove `key` if it is dead, publishing an `Expire` record.
     fn reclaim(&self, key: &[u8], now: u32) {
-        if let Some((k, item)) = self
-            .map
-            .remove_if(key, |_, it| self.dead(it, now).is_some())
-        {
-            self.forget(&k, &item, Op::Expire);
+        if let Some((k, item)) = self.map.remove_if(key, |k, it| {
+            let dead = self.dead(it, now).is_some();
+            if dead {
+                self.removed(k, Op::Expire);
+            }
+            dead
+        }) {
+            self.uncharge(&k, &item);
             self.stats.bump(|c| &c.reclaimed);
             if !item.has(Bits::FETCHED) {
                 self.stats.bump(|c| &c.expired_unfetched);
@@ -236,17 +421,36 @@ impl Store {
         }
     }
 
-    /// Account for an item that left the table and publish why.
-    fn forget(&self, key: &Bytes, item: &Item, op: Op) -> u64 {
-        self.used
-            .fetch_sub(charge(key, &item.value), Ordering::Relaxed);
-        self.stream.publish(|seq| Mutation {
+    /// Publish why `key` leaves the table. Must be called with the key's shard
+    /// lock held, before the entry is removed, so the record takes its place in
+    /// per-key order and a concurrent read-through sees the removal as unsettled.
+    fn removed(&self, key: &Bytes, op: Op) -> u64 {
+        let seq = self.stream.publish(|seq| Mutation {
             seq,
             op,
             key: key.clone(),
             item: None,
+            stored_at: 0,
             flush: None,
-        })
+        });
+        if matches!(op, Op::Delete | Op::Expire) && self.backing.get().is_some() {
+            self.unsettled.insert(key.clone(), seq);
+        }
+        seq
+    }
+
+    /// Give back the memory of an item that left the table.
+    fn uncharge(&self, key: &Bytes, item: &Item) {
+        self.used
+            .fetch_sub(charge(key, &item.value), Ordering::Relaxed);
+    }
+
+    /// Forget unsettled removals the backing has applied (housekeeping).
+    pub fn settle(&self) {
+        if let Some(b) = self.backing.get() {
+            let applied = b.applied_seq();
+            self.unsettled.retain(|_, s| *s > applied);
+        }
     }
 
     /// Run `f` on the key's current live item (or `None`) under the shard lock and
@@ -270,20 +474,23 @@ impl Store {
                 match change {
                     Change::Keep => {
                         if dead.is_some() {
+                            self.removed(occ.key(), Op::Expire);
                             let (k, item) = occ.remove_entry();
-                            self.forget(&k, &item, Op::Expire);
+                            self.uncharge(&k, &item);
                             self.stats.bump(|c| &c.reclaimed);
                         }
                         (r, 0)
                     }
                     Change::Remove => {
                         if dead.is_some() {
+                            self.removed(occ.key(), Op::Expire);
                             let (k, item) = occ.remove_entry();
-                            self.forget(&k, &item, Op::Expire);
+                            self.uncharge(&k, &item);
                             (r, 0)
                         } else {
+                            let seq = self.removed(occ.key(), Op::Delete);
                             let (k, item) = occ.remove_entry();
-                            let seq = self.forget(&k, &item, Op::Delete);
+                            self.uncharge(&k, &item);
                             (r, seq)
                         }
                     }
@@ -298,12 +505,12 @@ impl Store {
                         } else {
                             occ.get().qid
                         };
-                        let seq = self.publish_put(occ.key(), &state, op);
                         let stored_at = if op == Op::Touch && dead.is_none() {
                             occ.get().stored_at
                         } else {
                             now
                         };
+                        let seq = self.publish_put(occ.key(), &state, op, stored_at);
                         let mut item = Item::new(state, seq, now, qid);
                         item.stored_at = stored_at;
                         if op == Op::Touch && dead.is_none() {
@@ -318,22 +525,53 @@ impl Store {
                     }
                 }
             }
-            Entry::Vacant(vac) => {
-                let (change, r) = f(None);
-                match change {
-                    Change::Keep | Change::Remove => (r, 0),
-                    Change::Put(state, op) => {
-                        self.reserve(charge(vac.key(), &state.value), 0)?;
-                        let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
-                        let seq = self.publish_put(vac.key(), &state, op);
-                        let key = vac.key().clone();
-                        vac.insert(Item::new(state, seq, now, qid));
-                        self.queue.push((key, qid));
-                        new_key = true;
-                        (r, seq)
+            Entry::Vacant(vac) => match self.fetch_persisted(vac.key(), now) {
+                // Only on disk: the command sees it exactly as if it were in RAM.
+                Fetched::Live(disk) => {
+                    let (change, r) = f(Some(&disk));
+                    match change {
+                        Change::Keep => {
+                            new_key = self.cache_vacant(vac, disk);
+                            (r, 0)
+                        }
+                        Change::Remove => {
+                            let seq = self.removed(vac.key(), Op::Delete);
+                            (r, seq)
+                        }
+                        Change::Put(state, op) => {
+                            self.reserve(charge(vac.key(), &state.value), 0)?;
+                            let stored_at = if op == Op::Touch { disk.stored_at } else { now };
+                            let seq = self.publish_put(vac.key(), &state, op, stored_at);
+                            let mut item = Item::new(state, seq, now, disk.qid);
+                            item.stored_at = stored_at;
+                            if op == Op::Touch {
+                                item.mark_accessed(now, disk.has(Bits::FETCHED));
+                            }
+                            let key = vac.key().clone();
+                            drop(vac.insert(item));
+                            self.queue.push((key, disk.qid));
+                            new_key = true;
+                            (r, seq)
+                        }
                     }
                 }
-            }
+                Fetched::Dead(_) | Fetched::Absent => {
+                    let (change, r) = f(None);
+                    match change {
+                        Change::Keep | Change::Remove => (r, 0),
+                        Change::Put(state, op) => {
+                            self.reserve(charge(vac.key(), &state.value), 0)?;
+                            let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
+                            let seq = self.publish_put(vac.key(), &state, op, now);
+                            let key = vac.key().clone();
+                            drop(vac.insert(Item::new(state, seq, now, qid)));
+                            self.queue.push((key, qid));
+                            new_key = true;
+                            (r, seq)
+                        }
+                    }
+                }
+            },
         };
         if new_key {
             self.stats.bump(|c| &c.total_items);
@@ -343,12 +581,13 @@ impl Store {
         Ok(result)
     }
 
-    fn publish_put(&self, key: &Bytes, state: &ItemState, op: Op) -> u64 {
+    fn publish_put(&self, key: &Bytes, state: &ItemState, op: Op, stored_at: u32) -> u64 {
         self.stream.publish(|seq| Mutation {
             seq,
             op,
             key: key.clone(),
             item: Some(state.clone()),
+            stored_at,
             flush: None,
         })
     }
@@ -396,34 +635,48 @@ impl Store {
             return;
         }
         let mut budget = self.queue.len() * 2 + 16;
-        while self.used() > self.limit() && budget > 0 {
+        let mut dirty_skips = 0;
+        let backing = self.backing.get();
+        while self.used() > self.limit() && budget > 0 && dirty_skips < DIRTY_SKIP_LIMIT {
             budget -= 1;
             let Some((key, qid)) = self.queue.pop() else {
                 break;
             };
             let mut requeue = false;
             let mut dead = false;
-            let removed = self.map.remove_if(&key, |_, it| {
+            let removed = self.map.remove_if(&key, |k, it| {
                 if it.qid != qid {
                     return false;
                 }
                 if self.dead(it, now).is_some() {
                     dead = true;
+                    self.removed(k, Op::Expire);
                     return true;
                 }
                 if it.take_accessed() {
                     requeue = true;
                     return false;
                 }
+                if let Some(b) = backing {
+                    if it.seq > b.applied_seq() {
+                        // Its latest version is not on disk yet: evicting it
+                        // now would let a read-through return an older one.
+                        requeue = true;
+                        dirty_skips += 1;
+                        return false;
+                    }
+                    self.complete.store(false, Ordering::SeqCst);
+                }
+                self.removed(k, Op::Evict);
                 true
             });
             match removed {
                 Some((k, item)) if dead => {
-                    self.forget(&k, &item, Op::Expire);
+                    self.uncharge(&k, &item);
                     self.stats.bump(|c| &c.reclaimed);
                 }
                 Some((k, item)) => {
-                    self.forget(&k, &item, Op::Evict);
+                    self.uncharge(&k, &item);
                     self.stats.bump(|c| &c.evictions);
                     if !item.has(Bits::FETCHED) {
                         self.stats.bump(|c| &c.evicted_unfetched);
@@ -458,21 +711,25 @@ impl Store {
     /// Examine up to `max` items in queue order and reclaim the dead ones.
     /// Returns how many were reclaimed. Called by housekeeping every second.
     pub fn reap(&self, now: u32, max: usize) -> usize {
+        self.settle();
         let mut reclaimed = 0;
         for _ in 0..max.min(self.queue.len()) {
             let Some((key, qid)) = self.queue.pop() else {
                 break;
             };
             let mut keep = false;
-            let removed = self.map.remove_if(&key, |_, it| {
+            let removed = self.map.remove_if(&key, |k, it| {
                 if it.qid != qid {
                     return false;
                 }
                 keep = self.dead(it, now).is_none();
+                if !keep {
+                    self.removed(k, Op::Expire);
+                }
                 !keep
             });
             if let Some((k, item)) = removed {
-                self.forget(&k, &item, Op::Expire);
+                self.uncharge(&k, &item);
                 self.stats.bump(|c| &c.reclaimed);
                 if !item.has(Bits::FETCHED) {
                     self.stats.bump(|c| &c.expired_unfetched);
@@ -502,6 +759,7 @@ impl Store {
                 op: Op::Flush,
                 key: Bytes::new(),
                 item: None,
+                stored_at: 0,
                 flush: Some(spec),
             }
         });
@@ -545,8 +803,33 @@ impl Store {
         true
     }
 
-    /// Visit every live item (for snapshots). Holds one shard's read lock at a time;
-    /// `f` must not call back into the store.
+    /// Insert a persisted item at warm restart, without publishing and without
+    /// evicting anything: when RAM is full the item stays on disk only (and the
+    /// store stops being `complete`). The caller restores the CAS counter and
+    /// the stream's sequence number once, after loading.
+    pub fn warm(&self, key: Bytes, p: Persisted, now: u32) -> Warm {
+        let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
+        let mut item = Item::new(p.state, p.seq, now, qid);
+        item.stored_at = p.stored_at;
+        if self.dead(&item, now).is_some() {
+            return Warm::Dead;
+        }
+        let size = charge(&key, &item.value);
+        if self.used() + size > self.limit() {
+            self.complete.store(false, Ordering::SeqCst);
+            return Warm::NoRoom;
+        }
+        self.used.fetch_add(size, Ordering::Relaxed);
+        if let Some(old) = self.map.insert(key.clone(), item) {
+            self.uncharge(&key, &old);
+        }
+        self.queue.push((key, qid));
+        Warm::Loaded
+    }
+
+    /// Visit every live item in RAM (for snapshots). Items only on disk are not
+    /// visited. Holds one shard's read lock at a time; `f` must not call back
+    /// into the store.
     pub fn for_each_live(&self, now: u32, mut f: impl FnMut(&Bytes, &Item)) {
         for r in self.map.iter() {
             if self.dead(r.value(), now).is_none() {
