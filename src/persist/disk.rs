@@ -4,8 +4,9 @@
 //! Layout:
 //!
 //! ```text
-//! DIR/LOCK     flock()ed for the daemon's lifetime; holds its pid
-//! DIR/sled/    the sled 0.34.7 database (conf, db, blobs/, snap.*)
+//! DIR/LOCK         flock()ed for the daemon's lifetime; holds its pid
+//! DIR/CHECKPOINT   "memtwin-checkpoint 1 <history id> <durable seq>"
+//! DIR/sled/        the sled 0.34.7 database (conf, db, blobs/, snap.*)
 //! ```
 //!
 //! **Durability.** sled 0.34.7's `flush()` writes its buffers and calls
@@ -23,6 +24,16 @@
 //! damaged directory (sled#1509, #1527, #1533). Opening is wrapped so both
 //! become a refusal to start that names the directory and tells the operator
 //! how to move it aside. memtwin never deletes or "repairs" a data directory.
+//!
+//! Worse, sled treats a damaged message in the *middle* of its log like a torn
+//! tail after a crash: it silently recovers only the part before it (measured:
+//! 4 KiB of garbage at 75 % of the `db` file, and 20 000 items came back as
+//! 12 583). A crash cannot be told apart from that inside sled, so memtwin keeps
+//! an out-of-band watermark, `DIR/CHECKPOINT` (history id + a sequence number
+//! known durable), rewritten atomically after a durable sync at most once a
+//! second and at shutdown. If sled recovers less than the watermark, writes that
+//! were durable are missing: the daemon refuses to start instead of serving a
+//! silently shortened data set.
 
 use super::record::{self, meta};
 use crate::mutation::FlushSpec;
@@ -43,9 +54,9 @@ pub enum OpenError {
     Locked { dir: PathBuf, pid: String },
     #[error(
         "cannot use data directory {dir}: {detail}. memtwin never deletes or repairs data on \
-         its own. If the directory is damaged, keep it for inspection and move it aside (e.g. \
-         `mv {dir} {dir}.broken-$(date +%s)`), then start again: memtwin creates a new, empty \
-         data set (sessions that were only in the old one are lost unless a twin holds them)"
+         its own. If the directory is damaged, keep it for inspection: move the directory aside \
+         (e.g. `mv {dir} {dir}.broken-$(date +%s)`) and start again; memtwin then creates a \
+         new, empty data set (sessions only in the old one are lost unless a twin holds them)"
     )]
     Unusable { dir: PathBuf, detail: String },
 }
@@ -154,6 +165,44 @@ fn close_sled(db: sled::Db) {
     }
 }
 
+const CHECKPOINT_MAGIC: &str = "memtwin-checkpoint 1";
+
+/// Read `DIR/CHECKPOINT`: (history id, durable seq). Missing = None.
+fn read_checkpoint(dir: &Path) -> Result<Option<(u128, u64)>, OpenError> {
+    let path = dir.join("CHECKPOINT");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(OpenError::unusable(dir, format!("{}: {e}", path.display()))),
+    };
+    let bad = || {
+        OpenError::unusable(
+            dir,
+            format!("{} is not a memtwin checkpoint", path.display()),
+        )
+    };
+    let rest = text.trim().strip_prefix(CHECKPOINT_MAGIC).ok_or_else(bad)?;
+    let mut it = rest.split_whitespace();
+    let history = it
+        .next()
+        .and_then(|h| u128::from_str_radix(h, 16).ok())
+        .ok_or_else(bad)?;
+    let seq = it.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    Ok(Some((history, seq)))
+}
+
+/// Atomically replace `DIR/CHECKPOINT` (write, fsync, rename, fsync dir).
+pub fn write_checkpoint(dir: &Path, history: u128, durable_seq: u64) -> io::Result<()> {
+    let tmp = dir.join("CHECKPOINT.tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        writeln!(f, "{CHECKPOINT_MAGIC} {history:032x} {durable_seq}")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join("CHECKPOINT"))?;
+    File::open(dir)?.sync_all()
+}
+
 /// 16 random bytes from the kernel.
 fn random_u128() -> io::Result<u128> {
     let mut b = [0u8; 16];
@@ -185,6 +234,20 @@ impl Disk {
             }
         })?;
         let opened = Self::read_or_init_meta(dir, &db, fresh_dir)?;
+        if let Some((history, durable)) = read_checkpoint(dir)? {
+            if history == opened.history_id && durable > opened.last_seq {
+                return Err(OpenError::unusable(
+                    dir,
+                    format!(
+                        "sled recovered the data set only up to mutation {}, but mutation \
+                         {durable} was durable before (see {}): part of sled's log is damaged \
+                         and sled dropped everything after it",
+                        opened.last_seq,
+                        dir.join("CHECKPOINT").display()
+                    ),
+                ));
+            }
+        }
         if fresh_dir {
             // Make the new files' directory entries durable too.
             for d in [dir, sled_dir.as_path()] {

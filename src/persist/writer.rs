@@ -57,6 +57,8 @@ const SIZE_EVERY: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long a shutdown keeps trying to persist the backlog on a failing disk.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Minimum interval between `DIR/CHECKPOINT` rewrites (see `disk`).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Writes not yet applied (or applied but not yet durable), last write per key.
 #[derive(Debug, Default)]
@@ -157,6 +159,8 @@ pub(crate) struct Writer {
     sweeper: Sweeper,
     last_size: Instant,
     stop_deadline: Option<Instant>,
+    last_checkpoint: Instant,
+    checkpointed: u64,
 }
 
 impl Writer {
@@ -195,6 +199,8 @@ impl Writer {
             },
             last_size: now - SIZE_EVERY,
             stop_deadline: None,
+            last_checkpoint: now,
+            checkpointed: 0,
         }
     }
 
@@ -318,6 +324,21 @@ impl Writer {
         }
         self.unsynced = Changes::default();
         self.last_sync = Instant::now();
+        if self.mode != FsyncMode::No && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            self.checkpoint(upto)?;
+        }
+        Ok(())
+    }
+
+    /// Record `seq` as durable in `DIR/CHECKPOINT` (only after a durable sync).
+    fn checkpoint(&mut self, seq: u64) -> Result<(), Failure> {
+        self.last_checkpoint = Instant::now();
+        if seq <= self.checkpointed {
+            return Ok(());
+        }
+        super::disk::write_checkpoint(self.state.disk.dir(), self.state.history_id(), seq)
+            .map_err(|e| ("checkpoint", e.to_string()))?;
+        self.checkpointed = seq;
         Ok(())
     }
 
@@ -478,6 +499,9 @@ impl Writer {
                 let upto = self.state.applied.load(Ordering::Acquire);
                 self.state.durable.fetch_max(upto, Ordering::AcqRel);
                 self.ack.ack(upto);
+                if let Err((_, e)) = self.checkpoint(upto) {
+                    tracing::error!("persistence: cannot write the checkpoint: {e}");
+                }
                 tracing::info!(
                     "persistence: data set in {} synced up to seq {upto} ({} ms)",
                     self.state.disk.dir().display(),
