@@ -15,7 +15,11 @@
 //!
 //! Acknowledgements: a subscriber can be *blocking* (e.g. `fsync=always`); then
 //! writers wait in [`MutationStream::wait_acked`] until it has acknowledged their
-//! sequence number before replying. When no blocking subscriber exists,
+//! sequence number before replying. Which number: [`take_published`] returns
+//! the highest client-visible record (store, touch, delete, flush) the calling
+//! thread published since it last asked, so a connection waits for exactly its
+//! own writes, and not at all for refused writes or for reads that merely
+//! reclaimed an expired item. When no blocking subscriber exists,
 //! [`MutationStream::must_wait`] is false and connections never wait. A
 //! subscriber that cannot make progress (disk full) marks itself unhealthy;
 //! the engine then refuses writes with an error instead of accepting data it
@@ -26,9 +30,22 @@
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
+
+thread_local! {
+    static PUBLISHED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The highest sequence number of a client-visible record (`Store`, `Touch`,
+/// `Delete`, `Flush`) this thread published since the last call, or 0; resets
+/// it. A connection calls it before and after processing a batch of requests
+/// (no `.await` in between) to learn which number its replies must wait for.
+pub fn take_published() -> u64 {
+    PUBLISHED.with(|c| c.replace(0))
+}
 
 /// What kind of change a record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +303,9 @@ impl MutationStream {
         let mut sinks = lock(&self.sinks);
         let seq = self.last_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let m = Arc::new(build(seq));
+        if matches!(m.op, Op::Store | Op::Touch | Op::Delete | Op::Flush) {
+            PUBLISHED.with(|c| c.set(c.get().max(seq)));
+        }
         sinks.senders.retain(|tx| tx.send(m.clone()).is_ok());
         seq
     }
@@ -396,6 +416,31 @@ mod tests {
         sub.ack.set_healthy(false);
         assert!(!s.accepts_writes());
         assert_eq!(s.wait_acked(seq).await, Err(AckError::Unhealthy));
+    }
+
+    #[test]
+    fn published_seq_is_per_thread_and_ignores_housekeeping() {
+        let s = MutationStream::new();
+        let _sub = s.subscribe(16, false);
+        take_published();
+        let seq = s.publish(|seq| Mutation {
+            op: Op::Store,
+            ..rec(seq)
+        });
+        s.publish(|seq| Mutation {
+            op: Op::Expire,
+            ..rec(seq)
+        });
+        assert_eq!(
+            take_published(),
+            seq,
+            "expiry records need no acknowledgement"
+        );
+        assert_eq!(take_published(), 0);
+        std::thread::scope(|sc| {
+            sc.spawn(|| s.publish(rec));
+        });
+        assert_eq!(take_published(), 0, "another thread's write is not ours");
     }
 
     #[test]

@@ -61,6 +61,17 @@ impl Daemon {
         }
     }
 
+    /// Wrap a child spawned by the caller (e.g. with resource limits).
+    pub fn from_child(child: Child, port: u16, dir: &Path, log: PathBuf) -> Daemon {
+        Daemon {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+            log,
+            args: Vec::new(),
+        }
+    }
+
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
