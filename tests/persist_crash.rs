@@ -11,97 +11,13 @@
 
 mod common;
 
-use common::{tempdir, Client, Daemon, Rng};
-use std::collections::HashMap;
+use common::{tempdir, verify_always, writer, Client, Daemon, Model, Rng};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WRITERS: usize = 4;
-const KEYS: usize = 150;
-
-/// The acknowledged state of one writer's keys, plus its in-flight request.
-#[derive(Default, Clone)]
-struct Model {
-    acked: HashMap<String, Option<String>>,
-    /// Key and the state it would have if the in-flight request was applied.
-    in_flight: Option<(String, Option<String>)>,
-    ops: u64,
-}
-
-fn key(t: usize, i: usize) -> String {
-    format!("crash:{t}:{i}")
-}
-
-/// Write until the connection breaks (the daemon was killed).
-fn writer(port: u16, t: usize, mut model: Model, seed: u64, deletes: bool) -> Model {
-    let mut rng = Rng::new(seed);
-    let Ok(mut c) = Client::try_connect(port) else {
-        return model;
-    };
-    let mut counter = model.ops;
-    loop {
-        counter += 1;
-        let k = key(t, rng.below(KEYS as u64) as usize);
-        let delete = deletes && rng.below(100) < 15;
-        let (res, next) = if delete {
-            (c.try_cmd(&format!("delete {k}")), None)
-        } else {
-            let v = format!("{t}-{counter}-{}", "x".repeat(rng.below(300) as usize));
-            (c.try_store("set", &k, 0, 0, v.as_bytes()), Some(v))
-        };
-        match res {
-            Ok(r) if r == "STORED" || r == "DELETED" => {
-                model.acked.insert(k, next);
-            }
-            Ok(r) if r == "NOT_FOUND" => {
-                model.acked.insert(k, None);
-            }
-            Ok(r) => panic!("unexpected reply {r:?}"),
-            Err(_) => {
-                model.in_flight = Some((k, next));
-                model.ops = counter;
-                return model;
-            }
-        }
-    }
-}
-
-fn all_keys(t: usize) -> Vec<String> {
-    (0..KEYS).map(|i| key(t, i)).collect()
-}
-
-fn read_all(c: &mut Client, t: usize) -> HashMap<String, String> {
-    c.try_gets_many(&all_keys(t))
-        .expect("gets")
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8(v.1).expect("utf8")))
-        .collect()
-}
-
-/// Check a writer's model against the restarted daemon, resolving the
-/// in-flight request to whatever outcome was persisted.
-fn verify_always(c: &mut Client, t: usize, model: &mut Model, cycle: usize) {
-    let actual = read_all(c, t);
-    for k in all_keys(t) {
-        let got = actual.get(&k).cloned();
-        let want = model.acked.get(&k).cloned().flatten();
-        match &model.in_flight {
-            Some((fk, maybe)) if *fk == k => {
-                assert!(
-                    got == want || got == *maybe,
-                    "cycle {cycle}: in-flight key {k}: got {got:?}, acknowledged {want:?}, in flight {maybe:?}"
-                );
-                model.acked.insert(k, got);
-            }
-            _ => assert_eq!(
-                got, want,
-                "cycle {cycle}: acknowledged write to {k} lost or changed"
-            ),
-        }
-    }
-    model.in_flight = None;
-}
+const KEYS: usize = common::MODEL_KEYS;
 
 fn run_cycle(
     port: u16,
@@ -117,7 +33,7 @@ fn run_cycle(
         .enumerate()
         .map(|(t, m)| {
             let seed = rng.next();
-            std::thread::spawn(move || writer(port, t, m, seed, deletes))
+            std::thread::spawn(move || writer(port, "crash", t, m, seed, deletes))
         })
         .collect();
     std::thread::sleep(Duration::from_millis(min_ms + rng.below(max_ms - min_ms)));
@@ -144,7 +60,7 @@ fn fsync_always_loses_no_acknowledged_write_across_kill9() {
         let d = Daemon::start(port, &dir, &args);
         let mut c = d.client();
         for (t, m) in models.iter_mut().enumerate() {
-            verify_always(&mut c, t, m, cycle);
+            verify_always(&mut c, "crash", t, m, cycle);
         }
         drop(c);
         let before: u64 = models.iter().map(|m| m.ops).sum();
@@ -155,7 +71,7 @@ fn fsync_always_loses_no_acknowledged_write_across_kill9() {
     let d = Daemon::start(port, &dir, &args);
     let mut c = d.client();
     for (t, m) in models.iter_mut().enumerate() {
-        verify_always(&mut c, t, m, cycles);
+        verify_always(&mut c, "crash", t, m, cycles);
     }
     drop(c);
     d.stop();

@@ -7,6 +7,8 @@
 //! DIR/LOCK         flock()ed for the daemon's lifetime; holds its pid
 //! DIR/CHECKPOINT   "memtwin-checkpoint 1 <history id> <durable seq>"
 //! DIR/sled/        the sled 0.34.7 database (conf, db, blobs/, snap.*)
+//! DIR/sled.compact a rewrite in progress (see `compact`); sled.next and
+//!                  sled.old exist only for a moment while it is swapped in
 //! ```
 //!
 //! **Durability.** sled 0.34.7's `flush()` writes its buffers and calls
@@ -144,7 +146,7 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Open sled at `path`, turning its panics into errors.
-fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, String> {
+pub(crate) fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, String> {
     let cfg = sled::Config::new()
         .path(path)
         .cache_capacity(cache_bytes)
@@ -159,7 +161,7 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, String> {
 }
 
 /// Drop a sled handle, containing a panic from its drop-time flush.
-fn close_sled(db: sled::Db) {
+pub(crate) fn close_sled(db: sled::Db) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db))).is_err() {
         tracing::warn!("sled panicked while closing after an I/O error");
     }
@@ -203,6 +205,44 @@ pub fn write_checkpoint(dir: &Path, history: u128, durable_seq: u64) -> io::Resu
     File::open(dir)?.sync_all()
 }
 
+/// Finish or clean up after a rewrite interrupted by a crash (see `compact`).
+/// Only derived copies are removed, never the authoritative database.
+fn resolve_layout(dir: &Path) -> Result<(), OpenError> {
+    let live = dir.join("sled");
+    let next = dir.join("sled.next");
+    let old = dir.join("sled.old");
+    let compact = dir.join("sled.compact");
+    let fail = |e: io::Error| {
+        OpenError::unusable(dir, format!("cannot finish an interrupted rewrite: {e}"))
+    };
+    if next.exists() {
+        if live.exists() {
+            tracing::warn!(
+                "removing {}: a complete rewrite that was never swapped in",
+                next.display()
+            );
+            std::fs::remove_dir_all(&next).map_err(fail)?;
+        } else {
+            tracing::warn!(
+                "finishing an interrupted rewrite: {} -> {}",
+                next.display(),
+                live.display()
+            );
+            std::fs::rename(&next, &live).map_err(fail)?;
+            File::open(dir).and_then(|f| f.sync_all()).map_err(fail)?;
+        }
+    }
+    if old.exists() && live.exists() {
+        tracing::warn!("removing {}: replaced by a rewrite", old.display());
+        std::fs::remove_dir_all(&old).map_err(fail)?;
+    }
+    if compact.exists() {
+        tracing::warn!("removing {}: an unfinished rewrite", compact.display());
+        std::fs::remove_dir_all(&compact).map_err(fail)?;
+    }
+    Ok(())
+}
+
 /// 16 random bytes from the kernel.
 fn random_u128() -> io::Result<u128> {
     let mut b = [0u8; 16];
@@ -221,6 +261,7 @@ impl Disk {
     /// Lock `dir` and open (or create) the data set in it.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<(Disk, Opened), OpenError> {
         let lock = lock_dir(dir)?;
+        resolve_layout(dir)?;
         let sled_dir = dir.join("sled");
         let fresh_dir = !sled_dir.join("db").exists();
         let db = open_sled(&sled_dir, cache_bytes).map_err(|e| {
@@ -352,6 +393,58 @@ impl Disk {
 
     pub fn sled_dir(&self) -> &Path {
         &self.sled_dir
+    }
+
+    pub(crate) fn cache_bytes(&self) -> u64 {
+        self.cache_bytes
+    }
+
+    pub(crate) fn compact_dir(&self) -> PathBuf {
+        self.dir.join("sled.compact")
+    }
+
+    pub(crate) fn next_dir(&self) -> PathBuf {
+        self.dir.join("sled.next")
+    }
+
+    /// fsync the data directory (after renames in it).
+    pub(crate) fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Swap a sealed rewrite (`sled.next`) in place of the live database and
+    /// open it; `after` runs on the new handle before readers can see it.
+    pub(crate) fn swap(
+        &self,
+        after: impl FnOnce(&sled::Db) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let old_dir = self.dir.join("sled.old");
+        let mut g = self.write();
+        if let Some(db) = g.take() {
+            close_sled(db);
+        }
+        let renamed = std::fs::rename(&self.sled_dir, &old_dir)
+            .and_then(|_| match std::fs::rename(self.next_dir(), &self.sled_dir) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // Put the live database back where it was.
+                    let _ = std::fs::rename(&old_dir, &self.sled_dir);
+                    Err(e)
+                }
+            })
+            .and_then(|_| self.sync_dir());
+        if let Err(e) = &renamed {
+            tracing::error!("rewrite swap failed ({e}); reopening the previous database");
+        }
+        let db = open_sled(&self.sled_dir, self.cache_bytes)?;
+        after(&db)?;
+        *g = Some(db);
+        drop(g);
+        renamed.map_err(|e| e.to_string())?;
+        if let Err(e) = std::fs::remove_dir_all(&old_dir) {
+            tracing::warn!("cannot remove {}: {e}", old_dir.display());
+        }
+        Ok(())
     }
 
     /// Shared access to the sled handle (None while a reopen failed).
@@ -496,5 +589,100 @@ impl Syncer {
             File::open(&dir)?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make_data_set(dir: &Path, key: &[u8]) -> u128 {
+        let (disk, opened) = Disk::open(dir, 8 << 20).expect("open");
+        {
+            let g = disk.read();
+            let db = g.as_ref().expect("db");
+            db.insert(record::item_key(key), b"v".to_vec())
+                .expect("insert");
+            db.flush().expect("flush");
+        }
+        opened.history_id
+    }
+
+    fn has(dir: &Path, key: &[u8]) -> bool {
+        let (disk, _) = Disk::open(dir, 8 << 20).expect("reopen");
+        let found = disk.get(key).expect("get").is_some();
+        found
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for e in std::fs::read_dir(from).expect("read") {
+            let e = e.expect("entry");
+            let dst = to.join(e.file_name());
+            if e.file_type().expect("type").is_dir() {
+                copy_dir(&e.path(), &dst);
+            } else {
+                std::fs::copy(e.path(), dst).expect("copy");
+            }
+        }
+    }
+
+    #[test]
+    fn interrupted_rewrites_resolve_to_a_complete_database() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("d");
+        let history = make_data_set(&dir, b"k");
+        let live = dir.join("sled");
+
+        // An unfinished copy is discarded.
+        copy_dir(&live, &dir.join("sled.compact"));
+        assert!(has(&dir, b"k"));
+        assert!(!dir.join("sled.compact").exists());
+
+        // A sealed copy that was never swapped in is discarded (both are equal).
+        copy_dir(&live, &dir.join("sled.next"));
+        assert!(has(&dir, b"k"));
+        assert!(!dir.join("sled.next").exists());
+
+        // Crash between the two renames: the sealed copy becomes the database.
+        std::fs::rename(&live, dir.join("sled.old")).expect("mv");
+        copy_dir(&dir.join("sled.old"), &dir.join("sled.next"));
+        let (disk, opened) = Disk::open(&dir, 8 << 20).expect("open after interrupted swap");
+        assert_eq!(opened.history_id, history, "same data set");
+        assert!(disk.get(b"k").expect("get").is_some());
+        drop(disk);
+        assert!(!dir.join("sled.old").exists() && !dir.join("sled.next").exists());
+    }
+
+    #[test]
+    fn checkpoint_round_trip_and_refusal() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("d");
+        let history = make_data_set(&dir, b"k");
+        write_checkpoint(&dir, history, 0).expect("write");
+        assert_eq!(read_checkpoint(&dir).expect("read"), Some((history, 0)));
+        assert!(Disk::open(&dir, 8 << 20).is_ok());
+        // Claims a durable write the database does not have: refused.
+        write_checkpoint(&dir, history, 99).expect("write");
+        let err = Disk::open(&dir, 8 << 20).expect_err("refused");
+        assert!(err.to_string().contains("was durable before"), "{err}");
+        // A checkpoint of another data set is ignored.
+        write_checkpoint(&dir, history ^ 1, 99).expect("write");
+        assert!(Disk::open(&dir, 8 << 20).is_ok());
+        std::fs::write(dir.join("CHECKPOINT"), b"garbage").expect("write");
+        assert!(Disk::open(&dir, 8 << 20).is_err());
+    }
+
+    #[test]
+    fn second_open_is_refused_while_locked() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("d");
+        let (_disk, _) = Disk::open(&dir, 8 << 20).expect("open");
+        let err = Disk::open(&dir, 8 << 20).expect_err("locked");
+        assert!(matches!(err, OpenError::Locked { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&std::process::id().to_string()),
+            "{err}"
+        );
     }
 }

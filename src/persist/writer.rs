@@ -28,8 +28,17 @@
 //! **Sweeper.** Expired and flushed records that nothing reads any more are
 //! purged by a paced scan of the item keys (a chunk every tick, a pass about
 //! once a minute, and promptly after a `flush_all`). The pass also counts live
-//! items, which the warm restart uses to show progress in percent.
+//! items (the warm restart uses that to show progress in percent) and live
+//! bytes: when sled's files exceed [`Tuning::compact_ratio`] times the live
+//! bytes, a rewrite starts ([`super::compact`]).
+//!
+//! Tuning knobs (environment, for operators and tests; defaults in brackets):
+//! `MEMTWIN_PERSIST_SWEEP_SECS` [60] between sweep passes,
+//! `MEMTWIN_PERSIST_COMPACT_RATIO` [3.0] disk/live ratio that triggers a rewrite,
+//! `MEMTWIN_PERSIST_COMPACT_MIN_MB` [64] no rewrite below this size on disk,
+//! `MEMTWIN_PERSIST_COMPACT_EVERY_SECS` [600] minimum time between rewrites.
 
+use super::compact::Compaction;
 use super::disk::Syncer;
 use super::record::{self, meta, ITEM_PREFIX};
 use super::{FsyncMode, State};
@@ -48,9 +57,8 @@ const MAX_BATCH_BYTES: usize = 16 << 20;
 const TICK: Duration = Duration::from_millis(100);
 /// `everysec` / `no` sync interval.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
-/// Records examined per sweep step, and the pause between sweep passes.
+/// Records examined per sweep step.
 const SWEEP_CHUNK: usize = 2000;
-const SWEEP_PASS_EVERY: Duration = Duration::from_secs(60);
 /// How often `bytes_on_disk` is refreshed.
 const SIZE_EVERY: Duration = Duration::from_secs(5);
 /// Longest wait between recovery attempts while the disk fails.
@@ -59,6 +67,31 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Minimum interval between `DIR/CHECKPOINT` rewrites (see `disk`).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Sweep and rewrite pacing (see the module docs for the knobs).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tuning {
+    pub sweep_every: Duration,
+    pub compact_ratio: f64,
+    pub compact_min_bytes: u64,
+    pub compact_every: Duration,
+}
+
+impl Tuning {
+    pub(crate) fn from_env() -> Tuning {
+        fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+            std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+        }
+        Tuning {
+            sweep_every: Duration::from_secs(env("MEMTWIN_PERSIST_SWEEP_SECS").unwrap_or(60)),
+            compact_ratio: env("MEMTWIN_PERSIST_COMPACT_RATIO").unwrap_or(3.0),
+            compact_min_bytes: env::<u64>("MEMTWIN_PERSIST_COMPACT_MIN_MB").unwrap_or(64) << 20,
+            compact_every: Duration::from_secs(
+                env("MEMTWIN_PERSIST_COMPACT_EVERY_SECS").unwrap_or(600),
+            ),
+        }
+    }
+}
 
 /// Writes not yet applied (or applied but not yet durable), last write per key.
 #[derive(Debug, Default)]
@@ -106,6 +139,16 @@ impl Changes {
         self.records == 0 && self.writes.is_empty()
     }
 
+    /// The writes to disk keys below `bound`.
+    pub(crate) fn writes_below<'a>(
+        &'a self,
+        bound: &'a [u8],
+    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> + 'a {
+        use std::ops::Bound;
+        self.writes
+            .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(bound)))
+    }
+
     fn full(&self) -> bool {
         self.records >= MAX_BATCH_RECORDS || self.bytes >= MAX_BATCH_BYTES
     }
@@ -137,6 +180,7 @@ struct Sweeper {
     pass_started: Instant,
     next_pass: Instant,
     live: u64,
+    live_bytes: u64,
 }
 
 type Failure = (&'static str, String);
@@ -161,6 +205,9 @@ pub(crate) struct Writer {
     stop_deadline: Option<Instant>,
     last_checkpoint: Instant,
     checkpointed: u64,
+    tuning: Tuning,
+    compaction: Option<Compaction>,
+    last_compaction: Instant,
 }
 
 impl Writer {
@@ -173,6 +220,7 @@ impl Writer {
     ) -> Self {
         let now = Instant::now();
         let syncer = Syncer::new(state.disk.sled_dir());
+        let tuning = Tuning::from_env();
         Writer {
             mode: state.mode,
             state,
@@ -194,13 +242,18 @@ impl Writer {
                 pass_started: now,
                 // The first pass starts shortly after start-up (the warm
                 // restart already purged what was dead then).
-                next_pass: now + Duration::from_secs(5),
+                next_pass: now + tuning.sweep_every.min(Duration::from_secs(5)),
                 live: 0,
+                live_bytes: 0,
             },
             last_size: now - SIZE_EVERY,
             stop_deadline: None,
             last_checkpoint: now,
             checkpointed: 0,
+            tuning,
+            compaction: None,
+            // Allow a first rewrite soon after start-up if the set needs it.
+            last_compaction: now.checked_sub(Duration::from_secs(3600)).unwrap_or(now),
         }
     }
 
@@ -238,6 +291,9 @@ impl Writer {
             }
             if self.healthy {
                 self.housekeeping();
+                if self.compaction.is_some() && !stopping {
+                    self.compaction_step();
+                }
             } else {
                 self.try_recover();
             }
@@ -266,6 +322,9 @@ impl Writer {
     }
 
     fn wait_time(&self) -> Duration {
+        if self.compaction.is_some() && self.healthy {
+            return Duration::ZERO;
+        }
         if self.mode == FsyncMode::Always || self.unsynced.is_empty() {
             return TICK;
         }
@@ -285,6 +344,11 @@ impl Writer {
         }
         let done = std::mem::take(&mut self.pending);
         self.state.pending.store(0, Ordering::Relaxed);
+        if let Some(c) = &self.compaction {
+            if let Err(e) = c.mirror(&done) {
+                self.abort_compaction(&e);
+            }
+        }
         if let Some(f) = done.flush {
             self.flush = f;
             // Purge what the flush hid without waiting for the next pass.
@@ -344,6 +408,9 @@ impl Writer {
 
     fn failed(&mut self, what: &str, e: &str) {
         self.state.write_errors.fetch_add(1, Ordering::Relaxed);
+        if self.compaction.is_some() {
+            self.abort_compaction("the live database failed");
+        }
         if self.healthy {
             tracing::error!(
                 "persistence: {what} to {} failed: {e}; writes are refused with SERVER_ERROR \
@@ -428,8 +495,119 @@ impl Writer {
                 self.state.bytes_on_disk.store(n, Ordering::Relaxed);
             }
         }
-        if let Err(e) = self.sweep_step() {
-            self.failed("purge", &e);
+        if self.compaction.is_none() {
+            if let Err(e) = self.sweep_step() {
+                self.failed("purge", &e);
+            }
+        }
+    }
+
+    /// After a sweep pass: start a rewrite when sled's files are much larger
+    /// than the live records.
+    fn maybe_compact(&mut self, live_bytes: u64) {
+        let on_disk = self.state.disk.size_on_disk().unwrap_or(0);
+        self.state.bytes_on_disk.store(on_disk, Ordering::Relaxed);
+        let t = self.tuning;
+        let ratio = on_disk as f64 / live_bytes.max(1) as f64;
+        if on_disk < t.compact_min_bytes
+            || ratio < t.compact_ratio
+            || self.last_compaction.elapsed() < t.compact_every
+            || self.compaction.is_some()
+        {
+            return;
+        }
+        self.last_compaction = Instant::now();
+        let cache = (self.state.disk.cache_bytes() / 4).max(8 << 20);
+        match Compaction::start(&self.state.disk, cache) {
+            Ok(c) => {
+                tracing::info!(
+                    "persistence: rewriting the data set ({:.1} MiB on disk for {:.1} MiB of \
+                     live records, {ratio:.1}x)",
+                    on_disk as f64 / 1048576.0,
+                    live_bytes as f64 / 1048576.0
+                );
+                self.state.compacting.store(true, Ordering::Relaxed);
+                self.compaction = Some(c);
+            }
+            Err(e) => tracing::warn!("persistence: cannot start a rewrite: {e}"),
+        }
+    }
+
+    fn abort_compaction(&mut self, why: &str) {
+        if let Some(c) = self.compaction.take() {
+            tracing::warn!("persistence: rewrite abandoned: {why}");
+            c.abort();
+        }
+        self.state.compacting.store(false, Ordering::Relaxed);
+    }
+
+    /// Copy the next chunk; when done, seal the copy and swap it in.
+    fn compaction_step(&mut self) {
+        let now = self.clock.now();
+        let flush = self.flush;
+        let res = {
+            let g = self.state.disk.read();
+            match (g.as_ref(), self.compaction.as_mut()) {
+                (Some(db), Some(c)) => c.step(db, now, flush),
+                _ => return,
+            }
+        };
+        match res {
+            Ok(false) => {}
+            Ok(true) => self.finish_compaction(),
+            Err(e) => self.abort_compaction(&e),
+        }
+    }
+
+    fn finish_compaction(&mut self) {
+        let Some(c) = self.compaction.take() else {
+            return;
+        };
+        self.state.compacting.store(false, Ordering::Relaxed);
+        let (copied, bytes, started) = (c.copied, c.bytes, c.started);
+        let before = self.state.disk.size_on_disk().unwrap_or(0);
+        let sealed = {
+            let g = self.state.disk.read();
+            match g.as_ref() {
+                Some(db) => c.seal(db, &self.state.disk),
+                None => Err("data set closed".to_string()),
+            }
+        };
+        if let Err(e) = sealed {
+            tracing::warn!("persistence: rewrite abandoned while sealing: {e}");
+            return;
+        }
+        let syncer = &mut self.syncer;
+        match self.state.disk.swap(|_| {
+            syncer.reset();
+            Ok(())
+        }) {
+            Ok(()) => {
+                // Everything applied was copied and synced with the copy.
+                let upto = self.state.applied.load(Ordering::Acquire);
+                self.state.durable.fetch_max(upto, Ordering::AcqRel);
+                self.unsynced = Changes::default();
+                self.last_sync = Instant::now();
+                self.state.compactions.fetch_add(1, Ordering::Relaxed);
+                release_freed_memory();
+                let after = self.state.disk.size_on_disk().unwrap_or(0);
+                self.state.bytes_on_disk.store(after, Ordering::Relaxed);
+                self.last_size = Instant::now();
+                tracing::info!(
+                    "persistence: rewrite done in {:.1} s: {copied} live items ({:.1} MiB), \
+                     {:.1} MiB -> {:.1} MiB on disk",
+                    started.elapsed().as_secs_f64(),
+                    bytes as f64 / 1048576.0,
+                    before as f64 / 1048576.0,
+                    after as f64 / 1048576.0
+                );
+                if self.mode != FsyncMode::No {
+                    if let Err((what, e)) = self.checkpoint(upto) {
+                        self.failed(what, &e);
+                    }
+                }
+            }
+            Err(e) => self.failed("rewrite swap", &e),
         }
     }
 
@@ -443,6 +621,7 @@ impl Writer {
             sw.active = true;
             sw.cursor = None;
             sw.live = 0;
+            sw.live_bytes = 0;
             sw.pass_started = Instant::now();
         }
         let now = self.clock.now();
@@ -461,7 +640,10 @@ impl Writer {
                     batch.remove(k.clone());
                     dead += 1;
                 }
-                Ok(_) => sw.live += 1,
+                Ok(_) => {
+                    sw.live += 1;
+                    sw.live_bytes += (k.len() + v.len()) as u64;
+                }
                 Err(e) => {
                     tracing::warn!("persistence: undecodable record skipped by the sweeper: {e}")
                 }
@@ -473,14 +655,23 @@ impl Writer {
                 break;
             }
         }
-        if sw.cursor.is_none() {
+        let pass_done = sw.cursor.is_none();
+        let live_bytes = sw.live_bytes;
+        if pass_done {
             sw.active = false;
-            sw.next_pass = sw.pass_started + SWEEP_PASS_EVERY;
+            sw.next_pass = sw.pass_started + self.tuning.sweep_every;
             self.state.items_on_disk.store(sw.live, Ordering::Relaxed);
+            self.state
+                .live_bytes
+                .store(sw.live_bytes, Ordering::Relaxed);
             batch.insert(meta::ITEMS_HINT, &sw.live.to_le_bytes()[..]);
         }
         db.apply_batch(batch).map_err(|e| e.to_string())?;
+        drop(g);
         self.state.purged.fetch_add(dead, Ordering::Relaxed);
+        if pass_done {
+            self.maybe_compact(live_bytes);
+        }
         Ok(())
     }
 
@@ -510,6 +701,16 @@ impl Writer {
             }
             Err(e) => tracing::error!("persistence: final sync failed: {e}"),
         }
+    }
+}
+
+/// Hand memory sled freed (the old database's caches) back to the OS; glibc
+/// keeps freed heap otherwise, and RSS would not show the rewrite's benefit.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -343,3 +343,96 @@ pub fn tempdir() -> tempfile::TempDir {
         .tempdir()
         .expect("tempdir")
 }
+
+/// Keys per writer in the acknowledged-write model.
+pub const MODEL_KEYS: usize = 150;
+
+/// The acknowledged state of one writer's keys, plus its in-flight request.
+#[derive(Default, Clone)]
+pub struct Model {
+    pub acked: HashMap<String, Option<String>>,
+    /// Key and the state it would have if the in-flight request was applied.
+    pub in_flight: Option<(String, Option<String>)>,
+    pub ops: u64,
+}
+
+fn key(prefix: &str, t: usize, i: usize) -> String {
+    format!("{prefix}:{t}:{i}")
+}
+
+/// Write until the connection breaks (the daemon was killed).
+pub fn writer(
+    port: u16,
+    prefix: &str,
+    t: usize,
+    mut model: Model,
+    seed: u64,
+    deletes: bool,
+) -> Model {
+    let mut rng = Rng::new(seed);
+    let Ok(mut c) = Client::try_connect(port) else {
+        return model;
+    };
+    let mut counter = model.ops;
+    loop {
+        counter += 1;
+        let k = key(prefix, t, rng.below(MODEL_KEYS as u64) as usize);
+        let delete = deletes && rng.below(100) < 15;
+        let (res, next) = if delete {
+            (c.try_cmd(&format!("delete {k}")), None)
+        } else {
+            let v = format!("{t}-{counter}-{}", "x".repeat(rng.below(300) as usize));
+            (c.try_store("set", &k, 0, 0, v.as_bytes()), Some(v))
+        };
+        match res {
+            Ok(r) if r == "STORED" || r == "DELETED" => {
+                model.acked.insert(k, next);
+            }
+            Ok(r) if r == "NOT_FOUND" => {
+                model.acked.insert(k, None);
+            }
+            Ok(r) => panic!("unexpected reply {r:?}"),
+            Err(_) => {
+                model.in_flight = Some((k, next));
+                model.ops = counter;
+                return model;
+            }
+        }
+    }
+}
+
+fn all_keys(prefix: &str, t: usize) -> Vec<String> {
+    (0..MODEL_KEYS).map(|i| key(prefix, t, i)).collect()
+}
+
+pub fn read_all_model(c: &mut Client, prefix: &str, t: usize) -> HashMap<String, String> {
+    c.try_gets_many(&all_keys(prefix, t))
+        .expect("gets")
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.1).expect("utf8")))
+        .collect()
+}
+
+/// Check a writer's model against the restarted daemon, resolving the
+/// in-flight request to whatever outcome was persisted.
+pub fn verify_always(c: &mut Client, prefix: &str, t: usize, model: &mut Model, cycle: usize) {
+    let actual = read_all_model(c, prefix, t);
+    for k in all_keys(prefix, t) {
+        let got = actual.get(&k).cloned();
+        let want = model.acked.get(&k).cloned().flatten();
+        match &model.in_flight {
+            Some((fk, maybe)) if *fk == k => {
+                assert!(
+                    got == want || got == *maybe,
+                    "cycle {cycle}: in-flight key {k}: got {got:?}, acknowledged {want:?}, in flight {maybe:?}"
+                );
+                model.acked.insert(k, got);
+            }
+            _ => assert_eq!(
+                got, want,
+                "cycle {cycle}: acknowledged write to {k} lost or changed"
+            ),
+        }
+    }
+    model.in_flight = None;
+}
