@@ -611,6 +611,7 @@ mod tests {
     fn has(dir: &Path, key: &[u8]) -> bool {
         let (disk, _) = Disk::open(dir, 8 << 20).expect("reopen");
         let found = disk.get(key).expect("get").is_some();
+        drop(disk);
         found
     }
 
