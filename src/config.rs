@@ -343,6 +343,19 @@ impl Settings {
             }
             None => None,
         };
+        let protocol = cli.protocol.or(file.protocol).unwrap_or_default();
+        let sasl = cli.enable_sasl || file.enable_sasl.unwrap_or(false);
+        let auth_file = cli.auth_file.or(file.auth_file);
+        // The server overrides -B so authentication cannot be skipped (server/conn.rs).
+        if sasl && auth_file.is_none() && protocol == BindingProtocol::Ascii {
+            warnings.push(
+                "-B ascii is ignored: SASL (-S) is binary-only; add -Y for ASCII auth".into(),
+            );
+        }
+        if auth_file.is_some() && !sasl && protocol == BindingProtocol::Binary {
+            warnings
+                .push("-B binary is ignored: ASCII auth (-Y) is text-only; add -S for SASL".into());
+        }
         let listen = if !cli.listen.is_empty() {
             cli.listen
         } else {
@@ -367,10 +380,10 @@ impl Settings {
             } else {
                 file.verbose.unwrap_or(0)
             },
-            protocol: cli.protocol.or(file.protocol).unwrap_or_default(),
-            sasl: cli.enable_sasl || file.enable_sasl.unwrap_or(false),
+            protocol,
+            sasl,
             sasl_pwdb: cli.sasl_pwdb.or(file.sasl_pwdb),
-            auth_file: cli.auth_file.or(file.auth_file),
+            auth_file,
             user: cli.user.or(file.user),
             pidfile: cli.pidfile.or(file.pidfile),
             daemon: cli.daemon,

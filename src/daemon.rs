@@ -113,8 +113,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         stats,
         stream,
     ));
-    let shared = Arc::new(Shared::new(engine.clone(), settings.clone()));
-    let listeners = server::bind_all(&settings).context("cannot listen")?;
+    let mut shared = Shared::new(engine.clone(), settings.clone());
+    shared.auth = crate::auth::Auth::load(&settings)?;
+    let shared = Arc::new(shared);
+    let inherited = crate::systemd::listen_fds();
+    let listeners = server::bind_all(&settings, &inherited).context("cannot listen")?;
     if let Some(p) = &settings.pidfile {
         write_pidfile(p)?;
     }
@@ -140,7 +143,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::info!("memtwin {} listening on {}", crate::VERSION, l.describe());
     }
     spawn_signal_handler(shared.clone())?;
+    let notifier = crate::systemd::Notifier::from_env();
+    notifier.notify(&format!(
+        "READY=1\nSTATUS=serving {} listener(s)",
+        listeners.iter().count()
+    ));
     server::serve(listeners, shared.clone()).await;
+    notifier.notify("STOPPING=1");
     if let Some(p) = persist {
         // Everything the server accepted is in the stream: drain and sync it.
         if tokio::task::spawn_blocking(move || p.shutdown())

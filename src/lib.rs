@@ -23,8 +23,10 @@
 //! * [`persist`] is the disk subscriber of the mutation stream (sled): group
 //!   commit, fsync policy, warm restart, and the read-through backing that makes
 //!   RAM a cache over disk.
-//! * [`config`], [`stats`], [`clock`] and [`daemon`] are operations glue.
+//! * [`auth`] holds the SASL / ASCII-auth credentials and their checks.
+//! * [`config`], [`stats`], [`clock`], [`systemd`] and [`daemon`] are operations glue.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod daemon;
@@ -36,6 +38,13 @@ pub mod server;
 pub mod session;
 pub mod stats;
 pub mod store;
+pub mod systemd;
 
-/// Version string reported by `version` and `stats`.
+/// memtwin's own version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The version reported on the wire (`version`, `stats`, binary VERSION): the
+/// memcached release whose behaviour memtwin reproduces, tagged with memtwin's
+/// own version. Clients parse it (libmemcached rejects a major version 0 and
+/// gates features on it), so it must read as a memcached version.
+pub const WIRE_VERSION: &str = concat!("1.6.18-memtwin-", env!("CARGO_PKG_VERSION"));

@@ -7,6 +7,7 @@
 //! too-large unlink rule) and the per-command counters; the [`Store`] below it
 //! owns memory, eviction, expiry and the mutation stream.
 
+pub mod meta;
 pub mod numeric;
 
 use crate::clock::Clock;
@@ -58,6 +59,9 @@ pub struct StoreCmd<'a> {
     pub invalidate: bool,
     /// Meta `N` for append/prepend: create the item (with this exptime) when missing.
     pub vivify: Option<i64>,
+    /// Meta `b`: the key was sent in base64, so meta replies show it that way
+    /// (the item gets [`Bits::BINARY_KEY`]).
+    pub binary_key: bool,
 }
 
 impl<'a> StoreCmd<'a> {
@@ -72,7 +76,22 @@ impl<'a> StoreCmd<'a> {
             new_cas: None,
             invalidate: false,
             vivify: None,
+            binary_key: false,
         }
+    }
+
+    /// Apply a binary-protocol header CAS. memcached (`process_bin_update`)
+    /// turns SET, ADD and REPLACE with a non-zero CAS into one and the same CAS
+    /// store (missing key: NOT_FOUND, mismatch: EXISTS, match: stored), so ADD
+    /// with a CAS can overwrite. APPEND/PREPEND only compare. 0 means "no CAS".
+    pub fn with_header_cas(mut self, cas: u64) -> Self {
+        if cas != 0 {
+            if matches!(self.mode, StoreMode::Add | StoreMode::Replace) {
+                self.mode = StoreMode::Set;
+            }
+            self.compare_cas = Some(cas);
+        }
+        self
     }
 }
 
@@ -237,19 +256,13 @@ impl Engine {
     }
 
     /// `gat`/`gats`: read and set a new TTL. The CAS value does not change.
+    /// memcached counts these as touches only (`cmd_touch`, `touch_hits`).
     pub fn get_and_touch(&self, key: &[u8], exptime: i64) -> Option<ItemView> {
         self.stats.bump(|c| &c.cmd_touch);
-        self.stats.bump(|c| &c.cmd_get);
-        let hit = self.touch_inner(key, exptime, true);
+        let hit = self.touch_inner(key, exptime);
         match &hit {
-            Some(_) => {
-                self.stats.bump(|c| &c.touch_hits);
-                self.stats.bump(|c| &c.get_hits);
-            }
-            None => {
-                self.stats.bump(|c| &c.touch_misses);
-                self.stats.bump(|c| &c.get_misses);
-            }
+            Some(_) => self.stats.bump(|c| &c.touch_hits),
+            None => self.stats.bump(|c| &c.touch_misses),
         }
         hit
     }
@@ -274,6 +287,10 @@ impl Engine {
         });
         match res {
             Ok((outcome, _)) => {
+                if let StoreOutcome::Stored { .. } = outcome {
+                    // memcached counts every item it links, overwrites included.
+                    self.stats.bump(|c| &c.total_items);
+                }
                 if is_cas {
                     match outcome {
                         StoreOutcome::Stored { .. } => self.stats.bump(|c| &c.cas_hits),
@@ -291,11 +308,11 @@ impl Engine {
         }
     }
 
-    /// A write whose value does not fit under `-I`: counted, refused, and (for a
+    /// A write whose value does not fit under `-I`: counted (as `store_too_large`,
+    /// not `cmd_set`: memcached never reads such a value), refused, and (for a
     /// plain `set`) the old item is unlinked. The value itself may never have
     /// been read (the text protocol swallows it unbuffered).
     pub fn too_large(&self, cmd: StoreCmd<'_>) -> StoreOutcome {
-        self.stats.bump(|c| &c.cmd_set);
         self.stats.bump(|c| &c.store_too_large);
         self.unlink_after_failed_set(&cmd);
         StoreOutcome::TooLarge
@@ -326,7 +343,9 @@ impl Engine {
         now: u32,
     ) -> (Change, StoreOutcome) {
         let keep = |o| (Change::Keep, o);
-        let mut bits = 0;
+        // A new version starts with no meta state: a plain write ends stale-while-
+        // revalidate and frees the win token.
+        let mut bits = if cmd.binary_key { Bits::BINARY_KEY } else { 0 };
         let (value, flags, exptime) = match (cmd.mode, old) {
             (StoreMode::Add, Some(it)) => {
                 // A failed add is memcached's lock/ping primitive: it promotes the
@@ -347,8 +366,10 @@ impl Engine {
                 if want == it.cas && want != 0 {
                     (cmd.value.clone(), cmd.flags, exptime)
                 } else if cmd.invalidate && want != 0 && want < it.cas {
-                    bits = Bits::STALE;
-                    (cmd.value.clone(), cmd.flags, exptime)
+                    // Meta `ms I C<older cas>`: a late writer's value is accepted but
+                    // stays stale; TTL and an already handed-out win token are kept.
+                    bits |= Bits::STALE | (it.bits() & Bits::WIN_SENT);
+                    (cmd.value.clone(), cmd.flags, it.exptime)
                 } else {
                     return keep(StoreOutcome::Exists);
                 }
@@ -359,6 +380,10 @@ impl Engine {
                         return keep(StoreOutcome::Exists);
                     }
                 }
+                // memcached cannot allocate the combined item: NOT_STORED, item kept.
+                if !self.fits(cmd.key.len(), it.value.len() + cmd.value.len()) {
+                    return keep(StoreOutcome::NotStored);
+                }
                 let mut v = BytesMut::with_capacity(it.value.len() + cmd.value.len());
                 if cmd.mode == StoreMode::Append {
                     v.extend_from_slice(&it.value);
@@ -367,8 +392,9 @@ impl Engine {
                     v.extend_from_slice(&cmd.value);
                     v.extend_from_slice(&it.value);
                 }
-                // Appends keep the old flags, TTL and stale state.
-                bits = it.bits() & Bits::LOGICAL;
+                // Appends keep the old flags and TTL. Like memcached, which builds a
+                // new item, they drop the meta state: stale, win token, binary key.
+                bits = 0;
                 (v.freeze(), it.flags, it.exptime)
             }
             (_, _) => (cmd.value.clone(), cmd.flags, exptime),
@@ -454,32 +480,16 @@ impl Engine {
                 None => (Change::Keep, DeltaOutcome::NotFound),
             },
             Some(it) => {
-                if let Some(want) = cmd.compare_cas {
-                    if want != 0 && want != it.cas {
-                        return (Change::Keep, DeltaOutcome::Exists);
-                    }
-                }
-                let Some(n) = numeric::parse_stored(&it.value) else {
-                    return (Change::Keep, DeltaOutcome::NonNumeric);
+                let (mut state, n, in_place) = match self.delta_state(it, &cmd) {
+                    Ok(r) => r,
+                    Err(o) => return (Change::Keep, o),
                 };
-                let n = numeric::apply_delta(n, cmd.delta, cmd.incr);
-                let exptime = cmd
-                    .touch
-                    .map(|t| self.clock.expiry(t))
-                    .unwrap_or(it.exptime);
-                let cas = self.assign_cas(cmd.new_cas);
-                let value = Bytes::from(numeric::render(n, it.value.len()));
+                if let Some(t) = cmd.touch {
+                    state.exptime = self.clock.expiry(t);
+                }
+                let (cas, exptime) = (state.cas, state.exptime);
                 (
-                    Change::Put(
-                        ItemState {
-                            value,
-                            flags: it.flags,
-                            exptime,
-                            cas,
-                            bits: it.bits() & Bits::LOGICAL,
-                        },
-                        Op::Store,
-                    ),
+                    delta_change(state, in_place),
                     DeltaOutcome::Value {
                         value: n,
                         cas,
@@ -493,25 +503,77 @@ impl Engine {
             Ok((o, _)) => o,
             Err(StoreError::NoMemory) => DeltaOutcome::NoMemory,
         };
-        let hit = matches!(
-            outcome,
-            DeltaOutcome::Value { created: false, .. }
-                | DeltaOutcome::NonNumeric
-                | DeltaOutcome::Exists
-        );
-        match (cmd.incr, hit) {
-            (true, true) => self.stats.bump(|c| &c.incr_hits),
-            (true, false) => self.stats.bump(|c| &c.incr_misses),
-            (false, true) => self.stats.bump(|c| &c.decr_hits),
-            (false, false) => self.stats.bump(|c| &c.decr_misses),
+        if let DeltaOutcome::Value { created: true, .. } = outcome {
+            self.stats.bump(|c| &c.total_items);
         }
+        self.count_delta(cmd.incr, &outcome);
         outcome
     }
 
+    /// memcached counts a hit only for a number actually changed and a miss only
+    /// for a missing key; a created item, a non-numeric value and a CAS mismatch
+    /// count as neither.
+    fn count_delta(&self, incr: bool, outcome: &DeltaOutcome) {
+        match (incr, outcome) {
+            (true, DeltaOutcome::Value { created: false, .. }) => self.stats.bump(|c| &c.incr_hits),
+            (false, DeltaOutcome::Value { created: false, .. }) => {
+                self.stats.bump(|c| &c.decr_hits)
+            }
+            (true, DeltaOutcome::NotFound) => self.stats.bump(|c| &c.incr_misses),
+            (false, DeltaOutcome::NotFound) => self.stats.bump(|c| &c.decr_misses),
+            _ => {}
+        }
+    }
+
+    /// incr/decr applied to an existing item: its next state, the new number,
+    /// and whether memcached would rewrite it in place (the number still fits).
+    /// Shared by the classic, binary and meta (`ma`) commands.
+    fn delta_state(
+        &self,
+        it: &Item,
+        cmd: &DeltaCmd<'_>,
+    ) -> Result<(ItemState, u64, bool), DeltaOutcome> {
+        // memcached refuses an empty value before it looks at the CAS.
+        if it.value.is_empty() {
+            return Err(DeltaOutcome::NonNumeric);
+        }
+        if let Some(want) = cmd.compare_cas {
+            if want != 0 && want != it.cas {
+                return Err(DeltaOutcome::Exists);
+            }
+        }
+        let n = numeric::parse_stored(&it.value).ok_or(DeltaOutcome::NonNumeric)?;
+        let n = numeric::apply_delta(n, cmd.delta, cmd.incr);
+        let value = numeric::render(n, it.value.len());
+        // memcached rewrites a number that still fits in place, keeping the item's
+        // meta state (stale, win token, binary key); a longer one goes into a new
+        // item, which starts without it.
+        let in_place = value.len() <= it.value.len();
+        let bits = if in_place {
+            it.bits() & Bits::LOGICAL
+        } else {
+            0
+        };
+        let cas = self.assign_cas(cmd.new_cas);
+        Ok((
+            ItemState {
+                value: Bytes::from(value),
+                flags: it.flags,
+                exptime: it.exptime,
+                cas,
+                bits,
+            },
+            n,
+            in_place,
+        ))
+    }
+
     /// `touch`: new TTL, same value and CAS. Returns the item when it existed.
+    /// Like memcached's `item_touch`, which fetches the item with an LRU bump, it
+    /// marks the item fetched (visible through meta `h` and `me`).
     pub fn touch(&self, key: &[u8], exptime: i64) -> Option<ItemView> {
         self.stats.bump(|c| &c.cmd_touch);
-        let hit = self.touch_inner(key, exptime, false);
+        let hit = self.touch_inner(key, exptime);
         if hit.is_some() {
             self.stats.bump(|c| &c.touch_hits);
         } else {
@@ -520,7 +582,7 @@ impl Engine {
         hit
     }
 
-    fn touch_inner(&self, key: &[u8], exptime: i64, fetch: bool) -> Option<ItemView> {
+    fn touch_inner(&self, key: &[u8], exptime: i64) -> Option<ItemView> {
         let now = self.now();
         let exptime = self.clock.expiry(exptime);
         let res = self.store.modify(key, now, |old| match old {
@@ -529,9 +591,7 @@ impl Engine {
                 let view = ItemView::of(it);
                 let mut state = it.state();
                 state.exptime = exptime;
-                if fetch {
-                    it.mark_accessed(now, true);
-                }
+                it.mark_accessed(now, true);
                 (Change::Put(state, Op::Touch), Some(view))
             }
         });
@@ -548,6 +608,16 @@ impl Engine {
             now
         };
         self.store.flush(at, now);
+    }
+}
+
+/// The store change for an incr/decr result: in place (keeping the item's
+/// fetched bit and recency) when the number still fits, else a new version.
+fn delta_change(state: ItemState, in_place: bool) -> Change {
+    if in_place {
+        Change::Rewrite(state)
+    } else {
+        Change::Put(state, Op::Store)
     }
 }
 
@@ -665,6 +735,44 @@ mod tests {
             set(&e, StoreMode::Append, "nope", "x"),
             StoreOutcome::NotStored
         );
+    }
+
+    #[test]
+    fn header_cas_turns_add_and_replace_into_cas_stores() {
+        let e = engine();
+        let add = |key: &'static [u8], cas: u64| {
+            e.store_item(
+                StoreCmd::new(StoreMode::Add, key, 2, 0, Bytes::from_static(b"n"))
+                    .with_header_cas(cas),
+            )
+        };
+        assert_eq!(add(b"k", 777), StoreOutcome::NotFound);
+        let StoreOutcome::Stored { cas } = set(&e, StoreMode::Set, "k", "a") else {
+            panic!()
+        };
+        assert_eq!(add(b"k", cas + 1), StoreOutcome::Exists);
+        assert!(matches!(add(b"k", cas), StoreOutcome::Stored { .. }));
+        assert_eq!(e.get(b"k").expect("hit").value.as_ref(), b"n");
+        assert_eq!(add(b"k", 0), StoreOutcome::NotStored);
+        let rep = StoreCmd::new(StoreMode::Replace, b"gone", 0, 0, Bytes::new()).with_header_cas(5);
+        assert_eq!(e.store_item(rep), StoreOutcome::NotFound);
+        let app = StoreCmd::new(StoreMode::Append, b"k", 0, 0, Bytes::new()).with_header_cas(5);
+        assert_eq!((app.mode, app.compare_cas), (StoreMode::Append, Some(5)));
+    }
+
+    #[test]
+    fn append_beyond_item_size_is_not_stored() {
+        let e = engine();
+        let big = Bytes::from(vec![b'x'; 1_000_000]);
+        e.store_item(StoreCmd::new(StoreMode::Set, b"a", 0, 0, big));
+        for mode in [StoreMode::Append, StoreMode::Prepend] {
+            let more = Bytes::from(vec![b'y'; 100_000]);
+            assert_eq!(
+                e.store_item(StoreCmd::new(mode, b"a", 0, 0, more)),
+                StoreOutcome::NotStored
+            );
+        }
+        assert_eq!(e.get(b"a").expect("kept").value.len(), 1_000_000);
     }
 
     #[test]

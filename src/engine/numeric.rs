@@ -78,6 +78,11 @@ mod tests {
         assert_eq!(parse_stored(b"1x"), None);
         assert_eq!(parse_stored(b"x"), None);
         assert_eq!(parse_stored(b"-1"), None);
+        // strtoull leniency that meta `ma` clients rely on (memcached 1.6.18).
+        assert_eq!(parse_stored(b" 1"), Some(1));
+        assert_eq!(parse_stored(b"1 "), Some(1));
+        assert_eq!(parse_stored(b"+1"), Some(1));
+        assert_eq!(parse_stored(b"  "), None);
     }
 
     #[test]

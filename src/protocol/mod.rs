@@ -4,5 +4,8 @@
 //! report either a typed request, "need more bytes", or a typed error that maps
 //! 1:1 to the reply memcached sends. Nothing here knows about sockets or tokio.
 
+pub mod base64;
+pub mod binary;
+pub mod meta;
 pub mod number;
 pub mod text;

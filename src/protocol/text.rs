@@ -173,8 +173,9 @@ pub enum Command<'a> {
         noreply: bool,
     },
     Quit,
+    /// `shutdown [graceful]`; `valid` is false for any other argument.
     Shutdown {
-        graceful: bool,
+        valid: bool,
     },
     /// `stats [args]`: the arguments after `stats`.
     Stats {
@@ -340,7 +341,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, Rejected> {
             }
         }
         b"shutdown" => Ok(Command::Shutdown {
-            graceful: n >= 2 && a.get(1) == b"graceful",
+            valid: n == 1 || (n == 2 && a.get(1) == b"graceful"),
         }),
         b"stats" => Ok(Command::Stats {
             args: after_first(line),
@@ -395,7 +396,7 @@ fn parse_store<'a>(
     } else {
         None
     };
-    if len < 0 || len > i32::MAX - 2 {
+    if !(0..=i32::MAX - 2).contains(&len) {
         return Err(bad());
     }
     Ok(Command::Store {

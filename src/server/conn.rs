@@ -3,6 +3,7 @@
 
 use crate::config::BindingProtocol;
 use crate::server::listen::Stream;
+use crate::session::binary::BinarySession;
 use crate::session::text::TextSession;
 use crate::session::{Flow, Shared};
 use bytes::BytesMut;
@@ -15,24 +16,34 @@ const SHRINK_ABOVE: usize = 256 * 1024;
 
 enum Session {
     Text(TextSession),
+    Binary(BinarySession),
 }
 
 impl Session {
     fn process(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Flow {
         match self {
             Session::Text(s) => s.process(input, out),
+            Session::Binary(s) => s.process(input, out),
         }
     }
     fn take_mutated(&mut self) -> bool {
         match self {
             Session::Text(s) => s.take_mutated(),
+            Session::Binary(s) => s.take_mutated(),
         }
     }
 }
 
+/// Pick the session for a new connection from its first byte and `-B`, as
+/// narrowed by authentication ([`crate::auth::Auth::binding`]): with SASL only
+/// (`-S`) ASCII connections are closed; with ASCII auth only (`-Y`) everything
+/// is text, so a binary packet meets the auth gate as a text line.
 fn choose(first: u8, shared: &std::sync::Arc<Shared>) -> Option<Session> {
-    match (shared.settings.protocol, first) {
-        (BindingProtocol::Binary, _) | (BindingProtocol::Auto, 0x80) => None,
+    match (shared.auth.binding(shared.settings.protocol), first) {
+        (BindingProtocol::Binary | BindingProtocol::Auto, 0x80) => {
+            Some(Session::Binary(BinarySession::new(shared.clone())))
+        }
+        (BindingProtocol::Binary, _) => None,
         _ => Some(Session::Text(TextSession::new(shared.clone()))),
     }
 }
@@ -70,7 +81,7 @@ pub async fn run(mut sock: Stream, shared: &std::sync::Arc<Shared>) {
             match choose(input[0], shared) {
                 Some(s) => session = Some(s),
                 None => {
-                    tracing::debug!("binary protocol is not available on this connection");
+                    tracing::debug!("protocol not allowed on this connection (-B / -S)");
                     return;
                 }
             }

@@ -1,6 +1,7 @@
 //! Binding TCP and unix listeners from the settings.
 
 use crate::config::Settings;
+use crate::systemd::InheritedFd;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -11,6 +12,19 @@ use tokio::net::{TcpListener, TcpSocket, UnixListener};
 pub enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener, PathBuf),
+}
+
+impl Stream {
+    /// memcached's address notation of the peer, for `stats conns`.
+    pub fn peer(&self) -> String {
+        match self {
+            Stream::Tcp(s) => s
+                .peer_addr()
+                .map(|a| format!("tcp:{a}"))
+                .unwrap_or_else(|_| "tcp".into()),
+            Stream::Unix(_) => "unix".into(),
+        }
+    }
 }
 
 /// An accepted connection.
@@ -28,6 +42,17 @@ impl Listener {
                 Ok(Stream::Tcp(s))
             }
             Listener::Unix(l, _) => Ok(Stream::Unix(l.accept().await?.0)),
+        }
+    }
+
+    /// memcached's address notation for `stats conns`.
+    pub fn stat_addr(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| format!("tcp:{a}"))
+                .unwrap_or_else(|_| "tcp".into()),
+            Listener::Unix(_, p) => format!("unix:{}", p.display()),
         }
     }
 
@@ -78,9 +103,29 @@ fn resolve(spec: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     Ok((h, p).to_socket_addrs()?.collect())
 }
 
-/// Bind every configured listener (before privileges are dropped).
-pub fn bind_all(settings: &Settings) -> io::Result<Listeners> {
+/// Bind every configured listener (before privileges are dropped). Listeners
+/// inherited from systemd socket activation (named `memcache`, or unnamed)
+/// replace the configured addresses.
+pub fn bind_all(settings: &Settings, inherited: &[InheritedFd]) -> io::Result<Listeners> {
     let mut out = Vec::new();
+    for fd in inherited
+        .iter()
+        .filter(|f| matches!(f.name.as_str(), "memcache" | "unknown" | ""))
+    {
+        let std_listener = crate::systemd::tcp_listener(fd).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "inherited fd {} ({}) is not a TCP listener: {e}",
+                    fd.fd, fd.name
+                ),
+            )
+        })?;
+        out.push(Listener::Tcp(TcpListener::from_std(std_listener)?));
+    }
+    if !out.is_empty() {
+        return Ok(Listeners(out));
+    }
     if let Some(path) = &settings.unix_socket {
         // memcached removes a stale socket file before binding.
         let _ = std::fs::remove_file(path);

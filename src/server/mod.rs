@@ -4,7 +4,7 @@
 mod conn;
 mod listen;
 
-use crate::session::Shared;
+use crate::session::{ConnEntry, Shared};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +34,12 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>) {
     }
 }
 
-/// Tick the clock every second and reap expired items a slice at a time.
+/// Tick the clock every second, reap expired items a slice at a time, and pet
+/// the systemd watchdog: this task stops when the runtime is wedged, and so do
+/// the pets.
 async fn housekeeping(shared: Arc<Shared>) {
+    let notifier = crate::systemd::Notifier::from_env();
+    let watchdog = crate::systemd::Notifier::watchdog_interval().is_some() && notifier.enabled();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -49,10 +53,20 @@ async fn housekeeping(shared: Arc<Shared>) {
         // A full pass over the table about once a minute, at least 10k items a second.
         let budget = (store.len() / 60).max(10_000);
         store.reap(engine.now(), budget);
+        if watchdog {
+            notifier.notify("WATCHDOG=1");
+        }
     }
 }
 
 async fn accept_loop(listener: Listener, shared: Arc<Shared>, tracker: TaskTracker) {
+    let listen_addr = listener.stat_addr();
+    let _registered = shared.conns.register(ConnEntry {
+        addr: listen_addr.clone(),
+        listen_addr: listen_addr.clone(),
+        listening: true,
+        since: shared.engine.now(),
+    });
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -83,7 +97,14 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, tracker: TaskTrack
         }
         stats.bump(|c| &c.total_connections);
         let shared = shared.clone();
+        let entry = ConnEntry {
+            addr: stream.peer(),
+            listen_addr: listen_addr.clone(),
+            listening: false,
+            since: shared.engine.now(),
+        };
         tracker.spawn(async move {
+            let _registered = shared.conns.register(entry);
             conn::run(stream, &shared).await;
             shared.curr_conns.fetch_sub(1, Ordering::AcqRel);
         });

@@ -6,6 +6,8 @@
 //! every reply produced from one read leaves in one `write` (memcached 1.6.35's
 //! "response stacking"), and sessions can be tested without any I/O.
 
+pub mod ascii_auth;
+pub mod binary;
 pub mod meta;
 pub mod report;
 pub mod text;
@@ -25,10 +27,13 @@ pub const OUTPUT_HIGH_WATER: usize = 4 << 20;
 pub struct Shared {
     pub engine: Arc<Engine>,
     pub settings: Arc<Settings>,
+    /// SASL and ASCII-auth credentials (both `None` unless `-S` / `-Y`).
+    pub auth: crate::auth::Auth,
     pub verbosity: AtomicU32,
     pub curr_conns: AtomicUsize,
     pub accepting: AtomicBool,
     pub detail: AtomicBool,
+    pub conns: ConnRegistry,
     /// Cancelled by the `shutdown` command (with `-A`) or a signal.
     pub shutdown: CancellationToken,
 }
@@ -39,9 +44,11 @@ impl Shared {
             verbosity: AtomicU32::new(u32::from(settings.verbose)),
             engine,
             settings,
+            auth: crate::auth::Auth::default(),
             curr_conns: AtomicUsize::new(0),
             accepting: AtomicBool::new(true),
             detail: AtomicBool::new(false),
+            conns: ConnRegistry::default(),
             shutdown: CancellationToken::new(),
         }
     }
@@ -56,4 +63,52 @@ pub enum Flow {
     Flush,
     /// Write the replies, then close the connection.
     Close,
+}
+
+/// Open connections and listeners, for `stats conns`.
+#[derive(Debug, Default)]
+pub struct ConnRegistry {
+    next: std::sync::atomic::AtomicU64,
+    map: std::sync::Mutex<std::collections::BTreeMap<u64, ConnEntry>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnEntry {
+    /// `tcp:1.2.3.4:5678` or `unix:/path`.
+    pub addr: String,
+    pub listen_addr: String,
+    pub listening: bool,
+    /// Unix time the entry was created.
+    pub since: u32,
+}
+
+/// Removes its entry from the registry when dropped.
+#[derive(Debug)]
+pub struct ConnGuard<'a> {
+    registry: &'a ConnRegistry,
+    id: u64,
+}
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+impl ConnRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, ConnEntry>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register a connection (or a listener) until the guard is dropped.
+    pub fn register(&self, entry: ConnEntry) -> ConnGuard<'_> {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().insert(id, entry);
+        ConnGuard { registry: self, id }
+    }
+
+    /// A copy of all entries, ordered by id.
+    pub fn entries(&self) -> Vec<(u64, ConnEntry)> {
+        self.lock().iter().map(|(k, v)| (*k, v.clone())).collect()
+    }
 }

@@ -32,7 +32,7 @@ pub fn general(shared: &Shared) -> Pairs {
         ("pid", std::process::id().to_string()),
         ("uptime", e.clock().uptime().to_string()),
         ("time", e.now().to_string()),
-        ("version", crate::VERSION.to_string()),
+        ("version", crate::WIRE_VERSION.to_string()),
         (
             "pointer_size",
             (8 * std::mem::size_of::<usize>()).to_string(),
@@ -163,7 +163,7 @@ pub fn settings(shared: &Shared) -> Pairs {
         ("tcp_backlog", st.backlog.to_string()),
         (
             "binding_protocol",
-            match st.protocol {
+            match shared.auth.binding(st.protocol) {
                 crate::config::BindingProtocol::Auto => "auto-negotiate",
                 crate::config::BindingProtocol::Ascii => "ascii",
                 crate::config::BindingProtocol::Binary => "binary",
@@ -171,7 +171,14 @@ pub fn settings(shared: &Shared) -> Pairs {
             .into(),
         ),
         ("auth_enabled_sasl", yes_no(st.sasl)),
-        ("auth_enabled_ascii", yes_no(st.auth_file.is_some())),
+        // memcached prints the auth file's path here.
+        (
+            "auth_enabled_ascii",
+            st.auth_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "no".into()),
+        ),
         ("item_size_max", st.item_size_max.to_string()),
         ("flush_enabled", yes_no(st.flush_enabled)),
         ("dump_enabled", "no".into()),
@@ -188,4 +195,47 @@ pub fn slabs(shared: &Shared) -> Pairs {
         ("active_slabs", "0".into()),
         ("total_malloced", shared.engine.store().used().to_string()),
     ]
+}
+
+/// `stats items`: memtwin has one item class, reported as memcached's class 1
+/// (nothing when the cache is empty, as memcached). Only fields memtwin tracks
+/// are listed; per-LRU-segment fields have no equivalent.
+pub fn items(shared: &Shared) -> Pairs {
+    let e = &shared.engine;
+    let store = e.store();
+    if store.is_empty() {
+        return Vec::new();
+    }
+    let s = e.stats().snapshot();
+    vec![
+        ("items:1:number", store.len().to_string()),
+        ("items:1:mem_requested", store.used().to_string()),
+        ("items:1:evicted", s.evictions.to_string()),
+        ("items:1:outofmemory", s.store_no_memory.to_string()),
+        ("items:1:reclaimed", s.reclaimed.to_string()),
+        ("items:1:expired_unfetched", s.expired_unfetched.to_string()),
+        ("items:1:evicted_unfetched", s.evicted_unfetched.to_string()),
+        ("items:1:evicted_active", s.evicted_active.to_string()),
+    ]
+}
+
+/// `stats conns`: one group of lines per connection and listener, as memcached.
+pub fn conns(shared: &Shared) -> Vec<(String, String)> {
+    let now = shared.engine.now();
+    let mut v = Vec::new();
+    for (id, e) in shared.conns.entries() {
+        v.push((format!("{id}:addr"), e.addr.clone()));
+        v.push((format!("{id}:listen_addr"), e.listen_addr.clone()));
+        let state = if e.listening {
+            "conn_listening"
+        } else {
+            "conn_parse_cmd"
+        };
+        v.push((format!("{id}:state"), state.to_string()));
+        v.push((
+            format!("{id}:secs_since_last_cmd"),
+            now.saturating_sub(e.since).to_string(),
+        ));
+    }
+    v
 }

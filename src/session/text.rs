@@ -3,6 +3,7 @@
 
 use crate::engine::{DeleteOutcome, DeltaCmd, DeltaOutcome, StoreCmd, StoreOutcome};
 use crate::protocol::text::{self, Command, Frame, Rejected, TextError, Tokens};
+use crate::session::ascii_auth::{self, Gate};
 use crate::session::{report, Flow, Shared, OUTPUT_HIGH_WATER};
 use bytes::{Buf, Bytes, BytesMut};
 use std::sync::atomic::Ordering;
@@ -14,11 +15,14 @@ pub struct TextSession {
     swallow: usize,
     /// Whether a mutating command ran since the server last asked.
     mutated: bool,
+    /// False while ASCII auth (`-Y`) still has to let this connection in.
+    authenticated: bool,
 }
 
 impl TextSession {
     pub fn new(shared: Arc<Shared>) -> Self {
         TextSession {
+            authenticated: shared.auth.ascii.is_none(),
             shared,
             swallow: 0,
             mutated: false,
@@ -46,6 +50,17 @@ impl TextSession {
             }
             if out.len() >= OUTPUT_HIGH_WATER {
                 return Flow::Flush;
+            }
+            if !self.authenticated {
+                match ascii_auth::gate(&self.shared, input, out) {
+                    Gate::Consumed { n, authenticated } => {
+                        input.advance(n);
+                        self.authenticated = authenticated;
+                        continue;
+                    }
+                    Gate::NeedMore => return Flow::NeedInput,
+                    Gate::Close => return Flow::Close,
+                }
             }
             let (end, next) = match text::frame(input) {
                 Frame::Incomplete => return Flow::NeedInput,
@@ -191,16 +206,18 @@ impl TextSession {
                 }
             }
             Command::Version => {
-                text::put_line(out, format!("VERSION {}", crate::VERSION).as_bytes());
+                text::put_line(out, format!("VERSION {}", crate::WIRE_VERSION).as_bytes());
             }
             Command::Verbosity { level, noreply } => {
                 self.shared.verbosity.store(level.min(2), Ordering::Relaxed);
                 reply_unless(out, noreply, b"OK");
             }
             Command::Quit => return Step::Close(next),
-            Command::Shutdown { graceful: _ } => {
+            Command::Shutdown { valid } => {
                 if !self.shared.settings.shutdown_enabled {
                     text::put_line(out, b"ERROR: shutdown not enabled");
+                } else if !valid {
+                    text::put_line(out, b"CLIENT_ERROR invalid shutdown mode");
                 } else {
                     tracing::info!("shutdown requested by a client");
                     self.shared.shutdown.cancel();
@@ -274,7 +291,15 @@ impl TextSession {
             None => report::general(&self.shared),
             Some(b"settings") => report::settings(&self.shared),
             Some(b"slabs") => report::slabs(&self.shared),
-            Some(b"items") | Some(b"sizes") | Some(b"conns") => Vec::new(),
+            Some(b"items") => report::items(&self.shared),
+            Some(b"sizes") => Vec::new(),
+            Some(b"conns") => {
+                for (name, value) in report::conns(&self.shared) {
+                    text::put_stat(out, &name, &value);
+                }
+                text::put_line(out, b"END");
+                return;
+            }
             Some(b"reset") => {
                 self.shared.engine.stats().reset();
                 text::put_line(out, b"RESET");
@@ -322,5 +347,146 @@ enum Step {
 fn reply_unless(out: &mut BytesMut, noreply: bool, reply: &[u8]) {
     if !noreply {
         text::put_line(out, reply);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::config::Settings;
+    use crate::engine::{Engine, EngineConfig};
+    use crate::mutation::MutationStream;
+    use crate::stats::Stats;
+    use crate::store::StoreConfig;
+    use proptest::prelude::*;
+
+    fn shared() -> Arc<Shared> {
+        let settings = Arc::new(Settings::default());
+        let engine = Arc::new(Engine::new(
+            EngineConfig {
+                store: StoreConfig {
+                    limit: 1 << 24,
+                    evict: true,
+                    use_cas: true,
+                },
+                item_size_max: 1 << 20,
+            },
+            Arc::new(Clock::fixed(1_800_000_000)),
+            Arc::new(Stats::new()),
+            Arc::new(MutationStream::new()),
+        ));
+        Arc::new(Shared::new(engine, settings))
+    }
+
+    /// Feed `chunks` one after another, as separate reads; return all output.
+    fn run(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
+        let mut s = TextSession::new(shared());
+        let mut input = BytesMut::new();
+        let mut out = BytesMut::new();
+        let mut closed = false;
+        for c in chunks {
+            input.extend_from_slice(c);
+            loop {
+                match s.process(&mut input, &mut out) {
+                    Flow::NeedInput => break,
+                    Flow::Flush => continue,
+                    Flow::Close => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if closed {
+                break;
+            }
+        }
+        (out.to_vec(), closed)
+    }
+
+    fn request() -> impl Strategy<Value = Vec<u8>> {
+        let key = "[a-z]{1,8}";
+        prop_oneof![
+            (key, 0u32..10, 0usize..20, any::<bool>()).prop_map(|(k, f, n, nr)| {
+                let v = "v".repeat(n);
+                format!(
+                    "set {k} {f} 0 {n}{}\r\n{v}\r\n",
+                    if nr { " noreply" } else { "" }
+                )
+                .into_bytes()
+            }),
+            (key, 0usize..5).prop_map(|(k, n)| format!(
+                "append {k} 0 0 {n}\r\n{}\r\n",
+                "a".repeat(n)
+            )
+            .into_bytes()),
+            (key, key).prop_map(|(a, b)| format!("get {a} {b}\r\n").into_bytes()),
+            key.prop_map(|k| format!("gets {k}\n").into_bytes()),
+            (key, 0u64..100).prop_map(|(k, d)| format!("incr {k} {d}\r\n").into_bytes()),
+            key.prop_map(|k| format!("delete {k}\r\n").into_bytes()),
+            key.prop_map(|k| format!("touch {k} 10\r\n").into_bytes()),
+            Just(b"bogus\r\n".to_vec()),
+            Just(b"set k 0 0 2\r\nabc\r\n".to_vec()),
+            Just(b"stats\r\n".to_vec()),
+            Just(b"mn\r\n".to_vec()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_gives_the_same_replies(reqs in prop::collection::vec(request(), 1..12), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6)) {
+            let whole: Vec<u8> = reqs.concat();
+            let (expected, _) = run(&[&whole]);
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(whole.len() + 1)).collect();
+            points.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut last = 0;
+            for p in points {
+                chunks.push(&whole[last..p]);
+                last = p;
+            }
+            chunks.push(&whole[last..]);
+            let (got, _) = run(&chunks);
+            // `stats` carries changing numbers (bytes_read differs per split); compare the rest.
+            let strip = |v: &[u8]| String::from_utf8_lossy(v).lines().filter(|l| !l.starts_with("STAT ")).collect::<Vec<_>>().join("\n");
+            prop_assert_eq!(strip(&got), strip(&expected));
+        }
+
+        #[test]
+        fn garbage_never_panics(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..600), 1..8)) {
+            let refs: Vec<&[u8]> = chunks.iter().map(|c| c.as_slice()).collect();
+            let _ = run(&refs);
+        }
+
+        #[test]
+        fn truncated_requests_never_panic(req in request(), cut in any::<prop::sample::Index>()) {
+            let n = cut.index(req.len() + 1);
+            let _ = run(&[&req[..n]]);
+        }
+    }
+
+    #[test]
+    fn overlong_line_closes_and_buffer_stays_bounded() {
+        let junk = vec![b'x'; 3000];
+        let (out, closed) = run(&[&junk]);
+        assert!(closed && out.is_empty());
+    }
+
+    #[test]
+    fn oversize_value_is_swallowed_without_buffering() {
+        let mut s = TextSession::new(shared());
+        let mut input = BytesMut::from(&b"set big 0 0 2000000\r\n"[..]);
+        let mut out = BytesMut::new();
+        assert_eq!(s.process(&mut input, &mut out), Flow::NeedInput);
+        assert_eq!(&out[..], b"SERVER_ERROR object too large for cache\r\n");
+        out.clear();
+        for _ in 0..40 {
+            input.extend_from_slice(&[b'z'; 50_000]);
+            assert_eq!(s.process(&mut input, &mut out), Flow::NeedInput);
+            assert!(input.is_empty(), "swallowed data must not accumulate");
+        }
+        input.extend_from_slice(b"\r\nget big\r\n");
+        s.process(&mut input, &mut out);
+        assert_eq!(&out[..], b"END\r\n");
     }
 }

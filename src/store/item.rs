@@ -7,16 +7,19 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 /// Per-item state bits.
 ///
 /// `FETCHED` and `ACCESSED` are local bookkeeping (meta `h`, the CLOCK bit). `STALE`
-/// and `WIN_SENT` are meta-protocol state (`md I`, recache win tokens) that is
-/// part of the item's replicated state.
+/// and `WIN_SENT` are meta-protocol state (`md I`, recache win tokens) and
+/// `BINARY_KEY` marks an item stored by `ms ... b` (meta replies show its key in
+/// base64): all three are part of the item's replicated state, because a client
+/// reading from a twin must see the same `X`/`W`/`Z` flags and key form.
 pub struct Bits;
 impl Bits {
     pub const FETCHED: u8 = 1;
     pub const ACCESSED: u8 = 2;
     pub const STALE: u8 = 4;
     pub const WIN_SENT: u8 = 8;
+    pub const BINARY_KEY: u8 = 16;
     /// Bits that belong to the item's logical state (shipped in mutations).
-    pub const LOGICAL: u8 = Self::STALE | Self::WIN_SENT;
+    pub const LOGICAL: u8 = Self::STALE | Self::WIN_SENT | Self::BINARY_KEY;
 }
 
 #[derive(Debug)]

@@ -81,6 +81,10 @@ pub enum Change {
     Keep,
     /// Write this item (its sequence number and timestamps are filled in by the store).
     Put(ItemState, Op),
+    /// Write a new version *in place* of the live item, published as a store:
+    /// memcached rewrites an incr/decr result that still fits into the same item,
+    /// so its fetched bit and recency survive (unlike a `set`, which makes a new item).
+    Rewrite(ItemState),
     /// Delete the key (a client delete).
     Remove,
 }
@@ -157,6 +161,15 @@ impl std::fmt::Debug for Store {
             .field("items", &self.map.len())
             .field("used", &self.used())
             .finish()
+    }
+}
+
+/// A write (`Ok((state, op, in_place))`) or the other changes (`Err`).
+fn split(change: Change) -> Result<(ItemState, Op, bool), Change> {
+    match change {
+        Change::Put(state, op) => Ok((state, op, false)),
+        Change::Rewrite(state) => Ok((state, Op::Store, true)),
+        other => Err(other),
     }
 }
 
@@ -471,17 +484,8 @@ impl Store {
                 } else {
                     None
                 });
-                match change {
-                    Change::Keep => {
-                        if dead.is_some() {
-                            self.removed(occ.key(), Op::Expire);
-                            let (k, item) = occ.remove_entry();
-                            self.uncharge(&k, &item);
-                            self.stats.bump(|c| &c.reclaimed);
-                        }
-                        (r, 0)
-                    }
-                    Change::Remove => {
+                match split(change) {
+                    Err(Change::Remove) => {
                         if dead.is_some() {
                             self.removed(occ.key(), Op::Expire);
                             let (k, item) = occ.remove_entry();
@@ -494,7 +498,16 @@ impl Store {
                             (r, seq)
                         }
                     }
-                    Change::Put(state, op) => {
+                    Err(_keep) => {
+                        if dead.is_some() {
+                            self.removed(occ.key(), Op::Expire);
+                            let (k, item) = occ.remove_entry();
+                            self.uncharge(&k, &item);
+                            self.stats.bump(|c| &c.reclaimed);
+                        }
+                        (r, 0)
+                    }
+                    Ok((state, op, in_place)) => {
                         let old = charge(occ.key(), &occ.get().value);
                         let new = charge(occ.key(), &state.value);
                         self.reserve(new, old)?;
@@ -513,8 +526,9 @@ impl Store {
                         let seq = self.publish_put(occ.key(), &state, op, stored_at);
                         let mut item = Item::new(state, seq, now, qid);
                         item.stored_at = stored_at;
-                        if op == Op::Touch && dead.is_none() {
-                            // A touch keeps the fetched bit and recency of the old version.
+                        if (op == Op::Touch || in_place) && dead.is_none() {
+                            // A touch (or in-place rewrite) keeps the fetched bit and
+                            // recency of the old version.
                             item.mark_accessed(now, occ.get().has(Bits::FETCHED));
                         }
                         occ.insert(item);
@@ -529,22 +543,22 @@ impl Store {
                 // Only on disk: the command sees it exactly as if it were in RAM.
                 Fetched::Live(disk) => {
                     let (change, r) = f(Some(&disk));
-                    match change {
-                        Change::Keep => {
-                            new_key = self.cache_vacant(vac, disk);
-                            (r, 0)
-                        }
-                        Change::Remove => {
+                    match split(change) {
+                        Err(Change::Remove) => {
                             let seq = self.removed(vac.key(), Op::Delete);
                             (r, seq)
                         }
-                        Change::Put(state, op) => {
+                        Err(_keep) => {
+                            new_key = self.cache_vacant(vac, disk);
+                            (r, 0)
+                        }
+                        Ok((state, op, in_place)) => {
                             self.reserve(charge(vac.key(), &state.value), 0)?;
                             let stored_at = if op == Op::Touch { disk.stored_at } else { now };
                             let seq = self.publish_put(vac.key(), &state, op, stored_at);
                             let mut item = Item::new(state, seq, now, disk.qid);
                             item.stored_at = stored_at;
-                            if op == Op::Touch {
+                            if op == Op::Touch || in_place {
                                 item.mark_accessed(now, disk.has(Bits::FETCHED));
                             }
                             let key = vac.key().clone();
@@ -557,9 +571,9 @@ impl Store {
                 }
                 Fetched::Dead(_) | Fetched::Absent => {
                     let (change, r) = f(None);
-                    match change {
-                        Change::Keep | Change::Remove => (r, 0),
-                        Change::Put(state, op) => {
+                    match split(change) {
+                        Err(_) => (r, 0),
+                        Ok((state, op, _)) => {
                             self.reserve(charge(vac.key(), &state.value), 0)?;
                             let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
                             let seq = self.publish_put(vac.key(), &state, op, now);
@@ -574,7 +588,6 @@ impl Store {
             },
         };
         if new_key {
-            self.stats.bump(|c| &c.total_items);
             self.tidy_queue();
         }
         self.evict_if_needed(now);

@@ -1,0 +1,167 @@
+//! The daemon's operational flags, tested on the real binary: `-d` with `-P`,
+//! `-u` privilege drop, `-s` unix sockets, `-U` refusal, unknown `-o` options,
+//! and clean exit on SIGINT/SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_memtwin")
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn roundtrip<S: Read + Write>(mut s: S, req: &[u8], until: &[u8]) -> Vec<u8> {
+    s.write_all(req).expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(until) {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "closed early: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a pid we started.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+#[test]
+fn daemonize_writes_pidfile_and_serves() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pidfile = dir.path().join("memtwin.pid");
+    let port = free_port();
+    let status = Command::new(bin())
+        .args(["-d", "-U", "0", "-p", &port.to_string(), "-P"])
+        .arg(&pidfile)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
+    assert!(
+        status.success(),
+        "the foreground process exits 0 after forking"
+    );
+    let pid: i32 = wait_for("pid file", || {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
+    let conn = wait_for("listener", || TcpStream::connect(("127.0.0.1", port)).ok());
+    assert!(roundtrip(conn, b"version\r\n", b"\r\n").starts_with(b"VERSION 1.6.18-memtwin-"));
+    kill(pid, libc::SIGTERM);
+    wait_for("exit", || {
+        (!std::path::Path::new(&format!("/proc/{pid}")).exists() || !pidfile.exists()).then_some(())
+    });
+}
+
+#[test]
+fn drops_privileges_to_the_named_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: -u has nothing to drop; skipping");
+        return;
+    }
+    let port = free_port();
+    let mut child = Command::new(bin())
+        .args(["-U", "0", "-u", "nobody", "-p", &port.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_for("listener", || TcpStream::connect(("127.0.0.1", port)).ok());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("status");
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("Uid line")
+        .to_string();
+    kill(child.id() as i32, libc::SIGINT);
+    assert!(
+        child.wait().expect("wait").success(),
+        "SIGINT is a clean exit"
+    );
+    assert!(
+        !uid_line.split_whitespace().skip(1).any(|u| u == "0"),
+        "still root: {uid_line}"
+    );
+}
+
+#[test]
+fn unix_socket_listener() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("memtwin.sock");
+    let mut child = Command::new(bin())
+        .args(["-U", "0", "-s"])
+        .arg(&path)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let conn = wait_for("unix socket", || UnixStream::connect(&path).ok());
+    assert_eq!(
+        roundtrip(conn, b"set u 0 0 1\r\nx\r\nget u\r\n", b"END\r\n"),
+        b"STORED\r\nVALUE u 0 1\r\nx\r\nEND\r\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path)
+            .expect("socket")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    kill(child.id() as i32, libc::SIGTERM);
+    assert!(child.wait().expect("wait").success());
+    assert!(!path.exists(), "socket file removed on exit");
+}
+
+#[test]
+fn udp_is_a_clear_startup_error() {
+    let out = Command::new(bin())
+        .args(["-U", "11211"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UDP is not supported"));
+}
+
+#[test]
+fn unknown_extended_options_warn_but_start() {
+    let port = free_port();
+    let child = Command::new(bin())
+        .args([
+            "-U",
+            "0",
+            "-p",
+            &port.to_string(),
+            "-o",
+            "modern,no_such_option=1",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for("listener", || TcpStream::connect(("127.0.0.1", port)).ok());
+    kill(child.id() as i32, libc::SIGTERM);
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no_such_option"));
+}
