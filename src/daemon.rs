@@ -181,7 +181,18 @@ fn start_persistence(
         cfg.cache_bytes >> 20
     );
     let p = Persistence::open(cfg)?;
-    p.load(engine.store(), engine.now())?;
+    // A large data set can take longer than TimeoutStartSec: keep extending it
+    // while the load makes progress, and show it in `systemctl status`.
+    let notifier = crate::systemd::Notifier::from_env();
+    notifier.notify(&format!(
+        "EXTEND_TIMEOUT_USEC=30000000\nSTATUS=loading the data set from {}",
+        cfg.dir.display()
+    ));
+    p.load_with_progress(engine.store(), engine.now(), &mut |items| {
+        notifier.notify(&format!(
+            "EXTEND_TIMEOUT_USEC=30000000\nSTATUS=warm restart: {items} items loaded"
+        ));
+    })?;
     Ok(p.start(engine.store(), clock)?)
 }
 

@@ -41,6 +41,7 @@ pub(crate) fn warm_restart(
     opened: &Opened,
     store: &Store,
     now: u32,
+    on_progress: &mut dyn FnMut(u64),
 ) -> Result<LoadReport, OpenError> {
     let dir = state.disk.dir();
     let bad = |d: String| OpenError::unusable(dir, d);
@@ -97,6 +98,7 @@ pub(crate) fn warm_restart(
         if last_log.elapsed() >= PROGRESS_EVERY {
             last_log = Instant::now();
             progress(seen, r.bytes, started, opened.items_hint);
+            on_progress(seen);
         }
     }
     if purge_n > 0 {

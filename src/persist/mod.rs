@@ -257,7 +257,18 @@ impl Persistence {
 
     /// Warm restart: load the data set into `store` (before serving).
     pub fn load(&self, store: &Store, now: u32) -> Result<LoadReport, OpenError> {
-        let r = load::warm_restart(&self.state, &self.opened, store, now)?;
+        self.load_with_progress(store, now, &mut |_| {})
+    }
+
+    /// [`Persistence::load`], calling `on_progress(items seen)` every couple of
+    /// seconds (the daemon extends systemd's start timeout with it).
+    pub fn load_with_progress(
+        &self,
+        store: &Store,
+        now: u32,
+        on_progress: &mut dyn FnMut(u64),
+    ) -> Result<LoadReport, OpenError> {
+        let r = load::warm_restart(&self.state, &self.opened, store, now, on_progress)?;
         self.state.applied.fetch_max(r.max_seq, Ordering::AcqRel);
         self.state.durable.fetch_max(r.max_seq, Ordering::AcqRel);
         if let Some(n) = self.state.disk.size_on_disk() {
