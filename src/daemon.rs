@@ -152,7 +152,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     notifier.notify("STOPPING=1");
     if let Some(p) = persist {
         // Everything the server accepted is in the stream: drain and sync it.
-        if tokio::task::spawn_blocking(move || p.shutdown())
+        let store = engine.store();
+        let count = store.is_complete().then(|| store.len() as u64);
+        if tokio::task::spawn_blocking(move || p.shutdown_with_count(count))
             .await
             .is_err()
         {

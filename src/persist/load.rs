@@ -31,6 +31,8 @@ pub struct LoadReport {
     pub purged: u64,
     /// Bytes of records read.
     pub bytes: u64,
+    /// Bytes of the live records among them.
+    pub live_bytes: u64,
     pub max_seq: u64,
     pub max_cas: u64,
     pub millis: u64,
@@ -81,6 +83,9 @@ pub(crate) fn warm_restart(
             let p = record::decode_item(&v).map_err(|e| bad(e.to_string()))?;
             store.warm(Bytes::copy_from_slice(&k[1..]), p, now)
         };
+        if outcome != Warm::Dead {
+            r.live_bytes += (k.len() + v.len()) as u64;
+        }
         match outcome {
             Warm::Loaded => r.loaded += 1,
             Warm::NoRoom => r.disk_only += 1,

@@ -120,6 +120,8 @@ pub struct State {
     pub(crate) compactions: AtomicU64,
     pub(crate) compacting: AtomicBool,
     pub(crate) stop: AtomicBool,
+    /// Exact live item count at shutdown (0 = unknown), written as the hint.
+    pub(crate) final_items: AtomicU64,
     queue: OnceLock<Receiver<Arc<Mutation>>>,
 }
 
@@ -246,6 +248,7 @@ impl Persistence {
             compactions: AtomicU64::new(0),
             compacting: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            final_items: AtomicU64::new(0),
             queue: OnceLock::new(),
         });
         Ok(Persistence { state, opened })
@@ -277,7 +280,7 @@ impl Persistence {
         self.state
             .items_on_disk
             .store(r.loaded + r.disk_only, Ordering::Relaxed);
-        self.state.live_bytes.store(r.bytes, Ordering::Relaxed);
+        self.state.live_bytes.store(r.live_bytes, Ordering::Relaxed);
         Ok(r)
     }
 
@@ -319,7 +322,17 @@ impl Running {
     }
 
     /// Apply and sync everything published so far, then stop the writer.
-    /// Call after the server stopped taking requests.
+    /// Call after the server stopped taking requests. `items` is the live item
+    /// count when known exactly (RAM holds everything), recorded so the next
+    /// warm restart can show its progress in percent.
+    pub fn shutdown_with_count(self, items: Option<u64>) {
+        if let Some(n) = items {
+            self.state.final_items.store(n, Ordering::SeqCst);
+        }
+        self.shutdown();
+    }
+
+    /// [`Running::shutdown_with_count`] without a count.
     pub fn shutdown(mut self) {
         self.state.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {

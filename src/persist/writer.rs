@@ -677,11 +677,24 @@ impl Writer {
 
     /// Shutdown: everything received is applied; make it durable in every mode.
     fn finish(&mut self) {
+        if let Some(c) = self.compaction.take() {
+            c.abort();
+        }
         let started = Instant::now();
+        let items = self.state.final_items.load(Ordering::SeqCst);
         let res = {
             let g = self.state.disk.read();
             match g.as_ref() {
-                Some(db) => self.syncer.sync(db, true).map_err(|e| e.to_string()),
+                Some(db) => {
+                    let hint = if items > 0 {
+                        db.insert(meta::ITEMS_HINT, &items.to_le_bytes()[..])
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    } else {
+                        Ok(())
+                    };
+                    hint.and_then(|_| self.syncer.sync(db, true).map_err(|e| e.to_string()))
+                }
                 None => Err("data set closed".to_string()),
             }
         };
