@@ -306,9 +306,23 @@ impl Persistence {
             clock,
             store.flush_spec(),
         );
+        let (state, ack) = (self.state.clone(), w.ack_handle());
         let thread = std::thread::Builder::new()
             .name("memtwin-persist".into())
-            .spawn(move || w.run())?;
+            .spawn(move || {
+                // A bug in the writer must not silently stop persistence (its
+                // queue would close and later records would go nowhere): refuse
+                // writes from then on, loudly.
+                let run = std::panic::AssertUnwindSafe(move || w.run());
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!(
+                        "the persistence writer crashed: writes are refused until memtwin is \
+                         restarted"
+                    );
+                    state.healthy.store(false, Ordering::SeqCst);
+                    ack.set_healthy(false);
+                }
+            })?;
         Ok(Running {
             state: self.state,
             thread: Some(thread),

@@ -257,6 +257,10 @@ impl Writer {
         }
     }
 
+    pub(crate) fn ack_handle(&self) -> Arc<AckHandle> {
+        self.ack.clone()
+    }
+
     /// The thread's body: returns after a shutdown request once everything
     /// received has been applied and synced.
     pub(crate) fn run(mut self) {
