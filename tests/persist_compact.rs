@@ -8,12 +8,14 @@ use common::{tempdir, verify_always, writer, Client, Daemon, Model, Rng};
 use std::time::{Duration, Instant};
 
 /// Rewrite after every sweep pass (once a second) when the data set is at
-/// least 4 MiB: far more often than in production, to hit every phase.
-fn eager_rewrites() {
-    std::env::set_var("MEMTWIN_PERSIST_SWEEP_SECS", "1");
-    std::env::set_var("MEMTWIN_PERSIST_COMPACT_MIN_MB", "4");
-    std::env::set_var("MEMTWIN_PERSIST_COMPACT_EVERY_SECS", "0");
-}
+/// least 4 MiB: far more often than in production, to hit every phase. Passed
+/// per daemon (not with set_var: the tests in this file run in parallel).
+const EAGER: [(&str, &str); 4] = [
+    ("MEMTWIN_PERSIST_SWEEP_SECS", "1"),
+    ("MEMTWIN_PERSIST_COMPACT_MIN_MB", "4"),
+    ("MEMTWIN_PERSIST_COMPACT_EVERY_SECS", "0"),
+    ("MEMTWIN_PERSIST_COMPACT_RATIO", "1.0"),
+];
 
 fn stat_u64(c: &mut Client, name: &str) -> u64 {
     c.stat(name).parse().unwrap_or(0)
@@ -21,11 +23,10 @@ fn stat_u64(c: &mut Client, name: &str) -> u64 {
 
 #[test]
 fn rewrite_reclaims_space_and_keeps_everything() {
-    eager_rewrites();
     let tmp = tempdir();
     let dir = tmp.path().join("data");
     let port = 21434;
-    let d = Daemon::start(port, &dir, &[]);
+    let d = Daemon::start_env(port, &dir, &[], &EAGER);
     let mut c = d.client();
     let value = |round: usize, i: usize| format!("{round}:{i}:").repeat(100).into_bytes();
     // Session churn: 5 rewrites of 10k sessions, then half of them deleted.
@@ -100,10 +101,8 @@ fn rewrite_reclaims_space_and_keeps_everything() {
 
 #[test]
 fn kill9_during_rewrites_loses_nothing() {
-    eager_rewrites();
     // Ratio 1: a rewrite starts after every sweep pass, so kills land while
     // copying, sealing and swapping.
-    std::env::set_var("MEMTWIN_PERSIST_COMPACT_RATIO", "1.0");
     let tmp = tempdir();
     let dir = tmp.path().join("data");
     let port = 21435;
@@ -111,7 +110,7 @@ fn kill9_during_rewrites_loses_nothing() {
     let mut rng = Rng::from_time();
     // Base load so the data set is above the 4 MiB minimum.
     {
-        let d = Daemon::start(port, &dir, &args);
+        let d = Daemon::start_env(port, &dir, &args, &EAGER);
         let mut c = d.client();
         let big = vec![b'b'; 1000];
         for i in 0..6000 {
@@ -123,7 +122,7 @@ fn kill9_during_rewrites_loses_nothing() {
     }
     let mut models = vec![Model::default(); 2];
     for cycle in 0..8 {
-        let d = Daemon::start(port, &dir, &args);
+        let d = Daemon::start_env(port, &dir, &args, &EAGER);
         let mut c = d.client();
         for (t, m) in models.iter_mut().enumerate() {
             verify_always(&mut c, "cmp", t, m, cycle);
@@ -148,7 +147,7 @@ fn kill9_during_rewrites_loses_nothing() {
             .map(|h| h.join().expect("writer"))
             .collect();
     }
-    let d = Daemon::start(port, &dir, &args);
+    let d = Daemon::start_env(port, &dir, &args, &EAGER);
     // The log file collects every run's output.
     let rewrites_seen = d.log_text().matches("rewriting the data set").count();
     let swaps_seen = d.log_text().matches("rewrite done").count();

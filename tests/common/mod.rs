@@ -28,14 +28,23 @@ pub struct Daemon {
 impl Daemon {
     /// Start on `dir` with extra `args`, and wait until it answers.
     pub fn start(port: u16, dir: &Path, args: &[&str]) -> Daemon {
+        Self::start_env(port, dir, args, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables for the daemon.
+    pub fn start_env(port: u16, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let mut d = Self::spawn(port, dir, &args);
+        let mut d = Self::spawn_env(port, dir, &args, env);
         d.wait_ready();
         d
     }
 
     /// Spawn without waiting (for start-up failure tests).
     pub fn spawn(port: u16, dir: &Path, args: &[String]) -> Daemon {
+        Self::spawn_env(port, dir, args, &[])
+    }
+
+    fn spawn_env(port: u16, dir: &Path, args: &[String], env: &[(&str, &str)]) -> Daemon {
         let log = dir.with_extension(format!("{port}.log"));
         let logf = std::fs::OpenOptions::new()
             .create(true)
@@ -48,6 +57,7 @@ impl Daemon {
             .arg(dir)
             .args(args)
             .env("RUST_LOG", "memtwin=info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
