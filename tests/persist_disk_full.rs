@@ -40,10 +40,18 @@ fn mount_tmpfs(mnt: &Path, size: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Unmounts the test's tmpfs when dropped; declared before the daemon so the
+/// daemon (holding files on it) is gone first, with a lazy unmount as fallback.
 struct Unmount(PathBuf);
 impl Drop for Unmount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let ok = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
     }
 }
 
@@ -116,7 +124,10 @@ fn disk_full_scenario(port: u16, fsync: &str) {
     let mnt = tmp.path().join("mnt");
     // MEMTWIN_TEST_FSIZE=1 forces the unprivileged variant (to test it as root).
     let tmpfs = is_root() && std::env::var_os("MEMTWIN_TEST_FSIZE").is_none();
-    let (d, fault, _unmount) = if tmpfs && mount_tmpfs(&mnt, "40m") {
+    let mounted = tmpfs && mount_tmpfs(&mnt, "40m");
+    // Dropped after every daemon below (locals drop in reverse order).
+    let _unmount = mounted.then(|| Unmount(mnt.clone()));
+    let (d, fault) = if mounted {
         let dir = mnt.join("data");
         let d = Daemon::start(port, &dir, &args);
         // Leave ~3 MiB free.
@@ -141,7 +152,6 @@ fn disk_full_scenario(port: u16, fsync: &str) {
                 mnt: mnt.clone(),
                 filler,
             },
-            Some(Unmount(mnt)),
         )
     } else {
         eprintln!("not root or no tmpfs: emulating a full disk with RLIMIT_FSIZE");
@@ -149,7 +159,6 @@ fn disk_full_scenario(port: u16, fsync: &str) {
         (
             spawn_limited(port, &dir, &args, 6 << 20),
             Fault::FileSizeLimit,
-            None,
         )
     };
     let dir = d.dir.clone();
