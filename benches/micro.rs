@@ -102,10 +102,17 @@ fn hashing(c: &mut Criterion) {
     let mut g = c.benchmark_group("hash");
     let sip = std::collections::hash_map::RandomState::new();
     let fold = foldhash::quality::RandomState::default();
-    for key in [&b"key:00012345"[..], &b"session:3f9a0c1e5b7d4a2e8c6f0b1d9e7a5c3b"[..]] {
+    for key in [
+        &b"key:00012345"[..],
+        &b"session:3f9a0c1e5b7d4a2e8c6f0b1d9e7a5c3b"[..],
+    ] {
         let n = key.len();
-        g.bench_function(format!("siphash_{n}B"), |b| b.iter(|| sip.hash_one(black_box(key))));
-        g.bench_function(format!("foldhash_{n}B"), |b| b.iter(|| fold.hash_one(black_box(key))));
+        g.bench_function(format!("siphash_{n}B"), |b| {
+            b.iter(|| sip.hash_one(black_box(key)))
+        });
+        g.bench_function(format!("foldhash_{n}B"), |b| {
+            b.iter(|| fold.hash_one(black_box(key)))
+        });
     }
     g.finish();
 }

@@ -5,9 +5,14 @@
 //! also be set in a TOML file (`--config`); the command line wins over the file,
 //! and built-in defaults fill the rest, so the daemon runs with no file at all.
 
+use crate::persist::{FsyncMode, PersistConfig};
 use clap::{ArgAction, Parser, ValueEnum};
 use serde::Deserialize;
 use std::path::PathBuf;
+
+/// Default sled page cache (`--sled-cache-mb`). Budget RSS at several times
+/// this: sled's real memory use is known to exceed its cache setting.
+pub const DEFAULT_SLED_CACHE_MB: u64 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -127,6 +132,17 @@ pub struct Cli {
     /// Close connections idle longer than this many seconds (0 = never).
     #[arg(long = "idle-timeout")]
     pub idle_timeout: Option<u64>,
+    /// Persist items to this directory (sled) and reload them at start.
+    /// Absent: memory only, as memcached.
+    #[arg(long = "data-dir", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When a write is durable: always (before the reply), everysec (default:
+    /// at most ~1 s lost on a crash) or no (the OS decides).
+    #[arg(long = "fsync", value_enum, value_name = "MODE")]
+    pub fsync: Option<FsyncMode>,
+    /// sled page cache in megabytes (default 64), on top of -m.
+    #[arg(long = "sled-cache-mb", value_name = "MB")]
+    pub sled_cache_mb: Option<u64>,
 }
 
 /// The TOML file: the same settings under their long names.
@@ -154,6 +170,9 @@ pub struct FileConfig {
     pub pidfile: Option<PathBuf>,
     pub listen_backlog: Option<u32>,
     pub idle_timeout: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub fsync: Option<FsyncMode>,
+    pub sled_cache_mb: Option<u64>,
 }
 
 /// Resolved settings the daemon runs with.
@@ -181,6 +200,8 @@ pub struct Settings {
     pub daemon: bool,
     pub backlog: u32,
     pub idle_timeout: u64,
+    /// Persistence (`--data-dir`); None = memory only.
+    pub persist: Option<PersistConfig>,
     /// Warnings produced while resolving (unknown -o options ...), logged at start.
     pub warnings: Vec<String>,
 }
@@ -215,6 +236,8 @@ pub enum ConfigError {
     Mask(String),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error("--fsync and --sled-cache-mb need --data-dir (persistence is off without it)")]
+    PersistWithoutDir,
 }
 
 /// Parse `1m`, `512k`, `2048` into bytes.
@@ -301,6 +324,25 @@ impl Settings {
         if cli.max_reqs_per_event.is_some() {
             warnings.push("-R is ignored".into());
         }
+        let fsync = cli.fsync.or(file.fsync);
+        let sled_cache_mb = cli.sled_cache_mb.or(file.sled_cache_mb);
+        let persist = match cli.data_dir.or(file.data_dir) {
+            Some(dir) => {
+                let mb = sled_cache_mb.unwrap_or(DEFAULT_SLED_CACHE_MB);
+                if mb == 0 {
+                    return Err(ConfigError::Zero("sled cache (--sled-cache-mb)"));
+                }
+                Some(PersistConfig {
+                    dir,
+                    fsync: fsync.unwrap_or_default(),
+                    cache_bytes: mb.saturating_mul(1024 * 1024),
+                })
+            }
+            None if fsync.is_some() || sled_cache_mb.is_some() => {
+                return Err(ConfigError::PersistWithoutDir)
+            }
+            None => None,
+        };
         let protocol = cli.protocol.or(file.protocol).unwrap_or_default();
         let sasl = cli.enable_sasl || file.enable_sasl.unwrap_or(false);
         let auth_file = cli.auth_file.or(file.auth_file);
@@ -347,6 +389,7 @@ impl Settings {
             daemon: cli.daemon,
             backlog: cli.listen_backlog.or(file.listen_backlog).unwrap_or(1024),
             idle_timeout: cli.idle_timeout.or(file.idle_timeout).unwrap_or(0),
+            persist,
             warnings,
         })
     }
@@ -435,6 +478,55 @@ mod tests {
         assert!(
             Settings::from_args(["memtwin", "--config", path.to_str().expect("utf8")]).is_err()
         );
+    }
+
+    #[test]
+    fn persistence_flags_and_file_keys() {
+        assert!(settings(&[]).persist.is_none());
+        let s = settings(&["--data-dir", "/var/lib/memtwin"]);
+        assert_eq!(
+            s.persist,
+            Some(PersistConfig {
+                dir: "/var/lib/memtwin".into(),
+                fsync: FsyncMode::Everysec,
+                cache_bytes: DEFAULT_SLED_CACHE_MB << 20,
+            })
+        );
+        let s = settings(&[
+            "--data-dir",
+            "/d",
+            "--fsync",
+            "always",
+            "--sled-cache-mb",
+            "16",
+        ]);
+        let p = s.persist.expect("on");
+        assert_eq!((p.fsync, p.cache_bytes), (FsyncMode::Always, 16 << 20));
+        assert!(Settings::from_args(["memtwin", "--fsync", "no"]).is_err());
+        assert!(
+            Settings::from_args(["memtwin", "--data-dir", "/d", "--fsync", "sometimes"]).is_err()
+        );
+
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "data-dir = \"/srv/sessions\"\nfsync = \"no\"\nsled-cache-mb = 8\n",
+        )
+        .expect("write");
+        let s = settings(&["--config", path.to_str().expect("utf8")]);
+        let p = s.persist.expect("on");
+        assert_eq!(
+            (p.dir, p.fsync, p.cache_bytes),
+            ("/srv/sessions".into(), FsyncMode::No, 8 << 20)
+        );
+        let s = settings(&[
+            "--config",
+            path.to_str().expect("utf8"),
+            "--fsync",
+            "always",
+        ]);
+        assert_eq!(s.persist.map(|p| p.fsync), Some(FsyncMode::Always));
     }
 
     #[test]

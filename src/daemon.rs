@@ -5,6 +5,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::engine::{Engine, EngineConfig};
 use crate::mutation::MutationStream;
+use crate::persist::{PersistConfig, Persistence, Running};
 use crate::server;
 use crate::session::Shared;
 use crate::stats::Stats;
@@ -108,11 +109,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             },
             item_size_max: settings.item_size_max,
         },
-        clock,
+        clock.clone(),
         stats,
         stream,
     ));
-    let mut shared = Shared::new(engine, settings.clone());
+    let mut shared = Shared::new(engine.clone(), settings.clone());
     shared.auth = crate::auth::Auth::load(&settings)?;
     let shared = Arc::new(shared);
     let inherited = crate::systemd::listen_fds();
@@ -121,6 +122,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         write_pidfile(p)?;
     }
     drop_privileges(settings.user.as_deref())?;
+    // The data set is opened as the service user (files it creates must stay
+    // writable) and fully loaded before any client is served: connections that
+    // arrive meanwhile wait in the listen backlog, they are never answered
+    // from a half-loaded table.
+    let persist = match settings.persist.clone() {
+        Some(cfg) => {
+            let engine = engine.clone();
+            let clock = clock.clone();
+            let limit = settings.memory_limit;
+            Some(
+                tokio::task::spawn_blocking(move || start_persistence(&cfg, &engine, clock, limit))
+                    .await
+                    .context("persistence start-up")??,
+            )
+        }
+        None => None,
+    };
     for l in listeners.iter() {
         tracing::info!("memtwin {} listening on {}", crate::VERSION, l.describe());
     }
@@ -132,11 +150,52 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     ));
     server::serve(listeners, shared.clone()).await;
     notifier.notify("STOPPING=1");
+    if let Some(p) = persist {
+        // Everything the server accepted is in the stream: drain and sync it.
+        let store = engine.store();
+        let count = store.is_complete().then(|| store.len() as u64);
+        if tokio::task::spawn_blocking(move || p.shutdown_with_count(count))
+            .await
+            .is_err()
+        {
+            tracing::error!("persistence shutdown failed");
+        }
+    }
     if let Some(p) = &settings.pidfile {
         let _ = std::fs::remove_file(p);
     }
     tracing::info!("memtwin stopped");
     Ok(())
+}
+
+/// Open (and lock) the data directory, warm-restart the store from it, and start
+/// the writer.
+fn start_persistence(
+    cfg: &PersistConfig,
+    engine: &Engine,
+    clock: Arc<Clock>,
+    memory_limit: usize,
+) -> anyhow::Result<Running> {
+    tracing::info!(
+        "memory budget: {} MiB for items (-m) + {} MiB sled cache (--sled-cache-mb); sled's own \
+         overhead can reach several times its cache, see docs/persistence.md",
+        memory_limit >> 20,
+        cfg.cache_bytes >> 20
+    );
+    let p = Persistence::open(cfg)?;
+    // A large data set can take longer than TimeoutStartSec: keep extending it
+    // while the load makes progress, and show it in `systemctl status`.
+    let notifier = crate::systemd::Notifier::from_env();
+    notifier.notify(&format!(
+        "EXTEND_TIMEOUT_USEC=30000000\nSTATUS=loading the data set from {}",
+        cfg.dir.display()
+    ));
+    p.load_with_progress(engine.store(), engine.now(), &mut |items| {
+        notifier.notify(&format!(
+            "EXTEND_TIMEOUT_USEC=30000000\nSTATUS=warm restart: {items} items loaded"
+        ));
+    })?;
+    Ok(p.start(engine.store(), clock)?)
 }
 
 fn spawn_signal_handler(shared: Arc<Shared>) -> anyhow::Result<()> {

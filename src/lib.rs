@@ -20,6 +20,9 @@
 //! * [`session`] turns a connection's bytes into engine calls and replies
 //!   (one state machine per protocol, no sockets).
 //! * [`server`] owns sockets, connection tasks, limits and graceful shutdown.
+//! * [`persist`] is the disk subscriber of the mutation stream (sled): group
+//!   commit, fsync policy, warm restart, and the read-through backing that makes
+//!   RAM a cache over disk.
 //! * [`auth`] holds the SASL / ASCII-auth credentials and their checks.
 //! * [`config`], [`stats`], [`clock`], [`systemd`] and [`daemon`] are operations glue.
 
@@ -29,6 +32,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod mutation;
+pub mod persist;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -15,17 +15,37 @@
 //!
 //! Acknowledgements: a subscriber can be *blocking* (e.g. `fsync=always`); then
 //! writers wait in [`MutationStream::wait_acked`] until it has acknowledged their
-//! sequence number before replying. When no blocking subscriber exists,
+//! sequence number before replying. Which number: [`take_published`] returns
+//! the highest client-visible record (store, touch, delete, flush) the calling
+//! thread published since it last asked, so a connection waits for exactly its
+//! own writes, and not at all for refused writes or for reads that merely
+//! reclaimed an expired item. When no blocking subscriber exists,
 //! [`MutationStream::must_wait`] is false and connections never wait. A
 //! subscriber that cannot make progress (disk full) marks itself unhealthy;
 //! the engine then refuses writes with an error instead of accepting data it
-//! cannot keep.
+//! cannot keep. Blocking subscribers always gate writes this way; a
+//! non-blocking one can opt in ([`SubscribeOptions::gate_writes`]), as the
+//! `fsync=everysec` persistence writer does: it does not make replies wait,
+//! but a full disk must still turn writes into errors.
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
+
+thread_local! {
+    static PUBLISHED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The highest sequence number of a client-visible record (`Store`, `Touch`,
+/// `Delete`, `Flush`) this thread published since the last call, or 0; resets
+/// it. A connection calls it before and after processing a batch of requests
+/// (no `.await` in between) to learn which number its replies must wait for.
+pub fn take_published() -> u64 {
+    PUBLISHED.with(|c| c.replace(0))
+}
 
 /// What kind of change a record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +97,10 @@ pub struct Mutation {
     pub key: Bytes,
     /// Present for `Store` and `Touch`.
     pub item: Option<ItemState>,
+    /// For `Store` and `Touch`: Unix time of the item's last write (a touch keeps
+    /// the previous one), which decides whether a delayed `flush_all` hides it.
+    /// 0 for other records.
+    pub stored_at: u32,
     /// Present for `Flush`.
     pub flush: Option<FlushSpec>,
 }
@@ -93,6 +117,15 @@ pub struct AckHandle {
     acked: watch::Sender<u64>,
     healthy: AtomicBool,
     blocking: bool,
+}
+
+/// How a subscriber takes part in writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SubscribeOptions {
+    /// Writers wait for this subscriber's acknowledgement before replying.
+    pub blocking: bool,
+    /// While this subscriber is unhealthy, the engine refuses writes. Implied by `blocking`.
+    pub gate_writes: bool,
 }
 
 impl AckHandle {
@@ -146,6 +179,8 @@ pub struct MutationStream {
     acks: Mutex<Vec<Arc<AckHandle>>>,
     /// Snapshot of the blocking ack handles, for lock-free checks on the hot path.
     blocking: arc_list::ArcList,
+    /// Ack handles whose health gates writes (blocking ones and opted-in ones).
+    gating: arc_list::ArcList,
 }
 
 mod arc_list {
@@ -202,6 +237,7 @@ impl MutationStream {
             sinks: Mutex::new(Sinks::default()),
             acks: Mutex::new(Vec::new()),
             blocking: arc_list::ArcList::default(),
+            gating: arc_list::ArcList::default(),
         }
     }
 
@@ -220,8 +256,20 @@ impl MutationStream {
     /// the queue; a full queue makes writers wait (back-pressure), it never drops.
     /// A `blocking` subscriber makes writers wait for its acknowledgement.
     pub fn subscribe(&self, capacity: usize, blocking: bool) -> Subscription {
+        self.subscribe_with(
+            capacity,
+            SubscribeOptions {
+                blocking,
+                gate_writes: blocking,
+            },
+        )
+    }
+
+    /// [`MutationStream::subscribe`] with explicit options.
+    pub fn subscribe_with(&self, capacity: usize, opts: SubscribeOptions) -> Subscription {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
         let (acked, _) = watch::channel(self.last_seq());
+        let blocking = opts.blocking;
         let ack = Arc::new(AckHandle {
             acked,
             healthy: AtomicBool::new(true),
@@ -231,6 +279,9 @@ impl MutationStream {
         lock(&self.acks).push(ack.clone());
         if blocking {
             self.blocking.push(ack.clone());
+        }
+        if blocking || opts.gate_writes {
+            self.gating.push(ack.clone());
         }
         self.active.store(true, Ordering::SeqCst);
         Subscription { rx, ack }
@@ -252,6 +303,9 @@ impl MutationStream {
         let mut sinks = lock(&self.sinks);
         let seq = self.last_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let m = Arc::new(build(seq));
+        if matches!(m.op, Op::Store | Op::Touch | Op::Delete | Op::Flush) {
+            PUBLISHED.with(|c| c.set(c.get().max(seq)));
+        }
         sinks.senders.retain(|tx| tx.send(m.clone()).is_ok());
         seq
     }
@@ -262,9 +316,9 @@ impl MutationStream {
         self.is_active() && !self.blocking.get().is_empty()
     }
 
-    /// False when a blocking subscriber reported it cannot persist writes.
+    /// False when a write-gating subscriber reported it cannot persist writes.
     pub fn accepts_writes(&self) -> bool {
-        !self.is_active() || self.blocking.get().iter().all(|a| a.is_healthy())
+        !self.is_active() || self.gating.get().iter().all(|a| a.is_healthy())
     }
 
     /// All subscribers' ack handles (for stats).
@@ -305,6 +359,7 @@ mod tests {
             op: Op::Delete,
             key: Bytes::from_static(b"k"),
             item: None,
+            stored_at: 0,
             flush: None,
         }
     }
@@ -361,5 +416,51 @@ mod tests {
         sub.ack.set_healthy(false);
         assert!(!s.accepts_writes());
         assert_eq!(s.wait_acked(seq).await, Err(AckError::Unhealthy));
+    }
+
+    #[test]
+    fn published_seq_is_per_thread_and_ignores_housekeeping() {
+        let s = MutationStream::new();
+        let _sub = s.subscribe(16, false);
+        take_published();
+        let seq = s.publish(|seq| Mutation {
+            op: Op::Store,
+            ..rec(seq)
+        });
+        s.publish(|seq| Mutation {
+            op: Op::Expire,
+            ..rec(seq)
+        });
+        assert_eq!(
+            take_published(),
+            seq,
+            "expiry records need no acknowledgement"
+        );
+        assert_eq!(take_published(), 0);
+        std::thread::scope(|sc| {
+            sc.spawn(|| s.publish(rec));
+        });
+        assert_eq!(take_published(), 0, "another thread's write is not ours");
+    }
+
+    #[test]
+    fn gating_subscriber_refuses_writes_without_blocking() {
+        let s = MutationStream::new();
+        let plain = s.subscribe(16, false);
+        plain.ack.set_healthy(false);
+        assert!(s.accepts_writes(), "a plain subscriber never gates writes");
+        let gate = s.subscribe_with(
+            16,
+            SubscribeOptions {
+                blocking: false,
+                gate_writes: true,
+            },
+        );
+        assert!(!s.must_wait());
+        assert!(s.accepts_writes());
+        gate.ack.set_healthy(false);
+        assert!(!s.accepts_writes());
+        gate.ack.set_healthy(true);
+        assert!(s.accepts_writes());
     }
 }

@@ -554,31 +554,17 @@ pub fn slab_class(size: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Clock;
-    use crate::engine::{EngineConfig, StoreCmd, StoreMode, StoreOutcome};
+
+    use crate::engine::{StoreCmd, StoreMode, StoreOutcome};
     use crate::mutation::MutationStream;
-    use crate::stats::Stats;
-    use crate::store::StoreConfig;
+
     use std::sync::Arc;
 
-    const NOW: u32 = 1_800_000_000;
+    const NOW: u32 = crate::engine::TEST_NOW;
 
     fn engine() -> (Engine, Arc<MutationStream>) {
         let stream = Arc::new(MutationStream::new());
-        let e = Engine::new(
-            EngineConfig {
-                store: StoreConfig {
-                    limit: 1 << 24,
-                    evict: true,
-                    use_cas: true,
-                },
-                item_size_max: 1 << 20,
-            },
-            Arc::new(Clock::fixed(NOW)),
-            Arc::new(Stats::new()),
-            stream.clone(),
-        );
-        (e, stream)
+        (Engine::for_tests(stream.clone()), stream)
     }
 
     fn set(e: &Engine, key: &[u8], exptime: i64) -> u64 {

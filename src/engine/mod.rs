@@ -633,13 +633,15 @@ fn delta_change(state: ItemState, in_place: bool) -> Change {
     }
 }
 
+/// The clock value unit tests freeze time at.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) const TEST_NOW: u32 = 1_800_000_000;
 
-    const NOW: u32 = 1_800_000_000;
-
-    fn engine() -> Engine {
+#[cfg(test)]
+impl Engine {
+    /// An engine for unit tests: clock frozen at [`TEST_NOW`], 16 MiB of item
+    /// memory with eviction, 1 MiB items, CAS on, publishing on `stream`.
+    pub(crate) fn for_tests(stream: Arc<MutationStream>) -> Engine {
         Engine::new(
             EngineConfig {
                 store: StoreConfig {
@@ -649,10 +651,21 @@ mod tests {
                 },
                 item_size_max: 1 << 20,
             },
-            Arc::new(Clock::fixed(NOW)),
+            Arc::new(Clock::fixed(TEST_NOW)),
             Arc::new(Stats::new()),
-            Arc::new(MutationStream::new()),
+            stream,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u32 = TEST_NOW;
+
+    fn engine() -> Engine {
+        Engine::for_tests(Arc::new(MutationStream::new()))
     }
 
     fn set(e: &Engine, mode: StoreMode, key: &str, val: &str) -> StoreOutcome {

@@ -121,11 +121,15 @@ pub async fn run(mut sock: Stream, shared: &std::sync::Arc<Shared>) {
         }
         let Some(sess) = session.as_mut() else { return };
         loop {
+            // Attribute the records this batch publishes to this connection
+            // (process() runs to completion on this thread, no await inside).
+            crate::mutation::take_published();
             let flow = sess.process(&mut input, &mut out);
-            if sess.take_mutated() {
+            let published = crate::mutation::take_published();
+            if sess.take_mutated() && published > 0 {
                 let stream = shared.engine.stream();
                 if stream.must_wait() {
-                    if let Err(e) = stream.wait_acked(stream.last_seq()).await {
+                    if let Err(e) = stream.wait_acked(published).await {
                         // The outcome of these writes is unknown to us: say nothing rather
                         // than a success we cannot vouch for; the client sees a closed connection.
                         tracing::warn!("closing connection: write not acknowledged ({e})");

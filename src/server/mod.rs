@@ -23,7 +23,9 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>) {
     let reaper = match spawn_reaper(shared.clone()) {
         Ok(h) => Some(h),
         Err(e) => {
-            tracing::warn!("cannot start the reaper thread ({e}); expired items are reclaimed on access only");
+            tracing::warn!(
+                "cannot start the reaper thread ({e}); expired items are reclaimed on access only"
+            );
             None
         }
     };

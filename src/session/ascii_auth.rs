@@ -110,29 +110,9 @@ fn refuse(out: &mut BytesMut, n: usize, reply: &[u8]) -> Gate {
 mod tests {
     use super::*;
     use crate::auth::{Credentials, Format};
-    use crate::clock::Clock;
-    use crate::config::Settings;
-    use crate::engine::{Engine, EngineConfig};
-    use crate::mutation::MutationStream;
-    use crate::stats::Stats;
-    use crate::store::StoreConfig;
-    use std::sync::Arc;
 
     fn shared() -> Shared {
-        let engine = Arc::new(Engine::new(
-            EngineConfig {
-                store: StoreConfig {
-                    limit: 1 << 24,
-                    evict: true,
-                    use_cas: true,
-                },
-                item_size_max: 1 << 20,
-            },
-            Arc::new(Clock::fixed(1_800_000_000)),
-            Arc::new(Stats::new()),
-            Arc::new(MutationStream::new()),
-        ));
-        let mut s = Shared::new(engine, Arc::new(Settings::default()));
+        let mut s = Shared::for_tests();
         s.auth.ascii = Credentials::parse(b"alice:s3cret\n", Format::AuthFile).ok();
         s
     }

@@ -483,30 +483,13 @@ fn store_args(mode: StoreMode, extras: &[u8]) -> (u32, i64) {
 mod tests {
     use super::*;
     use crate::auth::{Credentials, Format};
-    use crate::clock::Clock;
-    use crate::config::Settings;
-    use crate::engine::{Engine, EngineConfig};
-    use crate::mutation::MutationStream;
+
     use crate::protocol::binary::op;
-    use crate::stats::Stats;
-    use crate::store::StoreConfig;
+
     use proptest::prelude::*;
 
     fn shared(sasl: bool) -> Arc<Shared> {
-        let engine = Arc::new(Engine::new(
-            EngineConfig {
-                store: StoreConfig {
-                    limit: 1 << 26,
-                    evict: true,
-                    use_cas: true,
-                },
-                item_size_max: 1 << 20,
-            },
-            Arc::new(Clock::fixed(1_800_000_000)),
-            Arc::new(Stats::new()),
-            Arc::new(MutationStream::new()),
-        ));
-        let mut s = Shared::new(engine, Arc::new(Settings::default()));
+        let mut s = Shared::for_tests();
         if sasl {
             s.auth.sasl = Credentials::parse(b"alice:s3cret\n", Format::SaslPwdb).ok();
         }

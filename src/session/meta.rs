@@ -432,36 +432,16 @@ fn debug(e: &Engine, req: &Request<'_>, out: &mut BytesMut) {
 
 #[cfg(test)]
 mod tests {
-    use crate::clock::Clock;
-    use crate::config::Settings;
-    use crate::engine::{Engine, EngineConfig};
-    use crate::mutation::MutationStream;
+
     use crate::session::text::TextSession;
     use crate::session::{Flow, Shared};
-    use crate::stats::Stats;
-    use crate::store::StoreConfig;
+
     use bytes::BytesMut;
     use proptest::prelude::*;
     use std::sync::Arc;
 
     fn session() -> TextSession {
-        let engine = Engine::new(
-            EngineConfig {
-                store: StoreConfig {
-                    limit: 1 << 24,
-                    evict: true,
-                    use_cas: true,
-                },
-                item_size_max: 1 << 20,
-            },
-            Arc::new(Clock::fixed(1_800_000_000)),
-            Arc::new(Stats::new()),
-            Arc::new(MutationStream::new()),
-        );
-        TextSession::new(Arc::new(Shared::new(
-            Arc::new(engine),
-            Arc::new(Settings::default()),
-        )))
+        TextSession::new(Arc::new(Shared::for_tests()))
     }
 
     /// Feed `input` and return everything the session answered.

@@ -54,6 +54,18 @@ impl Shared {
     }
 }
 
+#[cfg(test)]
+impl Shared {
+    /// Default settings over [`Engine::for_tests`], for session unit tests.
+    pub(crate) fn for_tests() -> Shared {
+        let stream = Arc::new(crate::mutation::MutationStream::new());
+        Shared::new(
+            Arc::new(Engine::for_tests(stream)),
+            Arc::new(Settings::default()),
+        )
+    }
+}
+
 /// What the server should do after a session processed its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {

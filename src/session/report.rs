@@ -91,6 +91,21 @@ pub fn general(shared: &Shared) -> Pairs {
     let stream = e.stream();
     v.push(("memtwin_mutation_seq", stream.last_seq().to_string()));
     v.push(("memtwin_store_io_errors", s.store_io_error.to_string()));
+    // Persistence (`--data-dir`): see persist::State::report for the fields.
+    match store.backing() {
+        Some(b) => {
+            b.report(&mut v);
+            v.push((
+                "memtwin_persist_ram_complete",
+                u8::from(store.is_complete()).to_string(),
+            ));
+            v.push((
+                "memtwin_persist_unsettled",
+                store.unsettled_len().to_string(),
+            ));
+        }
+        None => v.push(("memtwin_persist_enabled", "0".into())),
+    }
     v
 }
 

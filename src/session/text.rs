@@ -101,7 +101,13 @@ impl TextSession {
                         // Encoded straight from the table: no copy of the item.
                         None => {
                             e.get_with(key, |it| {
-                                text::put_value(out, key, it.flags, &it.value, cas.then_some(it.cas))
+                                text::put_value(
+                                    out,
+                                    key,
+                                    it.flags,
+                                    &it.value,
+                                    cas.then_some(it.cas),
+                                )
                             });
                         }
                     }
@@ -357,30 +363,11 @@ fn reply_unless(out: &mut BytesMut, noreply: bool, reply: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Clock;
-    use crate::config::Settings;
-    use crate::engine::{Engine, EngineConfig};
-    use crate::mutation::MutationStream;
-    use crate::stats::Stats;
-    use crate::store::StoreConfig;
+
     use proptest::prelude::*;
 
     fn shared() -> Arc<Shared> {
-        let settings = Arc::new(Settings::default());
-        let engine = Arc::new(Engine::new(
-            EngineConfig {
-                store: StoreConfig {
-                    limit: 1 << 24,
-                    evict: true,
-                    use_cas: true,
-                },
-                item_size_max: 1 << 20,
-            },
-            Arc::new(Clock::fixed(1_800_000_000)),
-            Arc::new(Stats::new()),
-            Arc::new(MutationStream::new()),
-        ));
-        Arc::new(Shared::new(engine, settings))
+        Arc::new(Shared::for_tests())
     }
 
     /// Feed `chunks` one after another, as separate reads; return all output.

@@ -13,12 +13,38 @@
 //! The store is synchronous and never hands out a lock guard: reads return owned
 //! [`ItemView`]s and writes go through [`Store::modify`] with a closure that runs
 //! under the key's shard lock. So no guard can be held across an `.await`, and
-//! no code path holds two keys at once. Every change is published on the
-//! [`MutationStream`] while the shard lock is held, so per-key order in the
-//! stream is the order of the table.
+//! no code path holds two keys at once. Every change (removals included) is
+//! published on the [`MutationStream`] while the shard lock is held, so per-key
+//! order in the stream is the order of the table.
+//!
+//! ## RAM as a cache over disk
+//!
+//! With persistence on, a [`Backing`] is installed and RAM becomes a cache of the
+//! persisted data set: a key missing from RAM is looked up in the backing and,
+//! when live there, re-inserted (by `get` as by every [`Store::modify`], so add,
+//! cas, incr, append, touch and delete behave as if the item had never left
+//! RAM). The backing lags the table (the writer applies the stream behind the
+//! request path), so three rules keep the read-through from returning something
+//! the table no longer says:
+//!
+//! 1. the backing is read with the key's shard lock held, so no write to the
+//!    key runs between the read and the re-insert;
+//! 2. a key removed from RAM by a delete or an expiry is remembered as
+//!    *unsettled* (key -> sequence number of the removal) until the backing has
+//!    applied that number; until then a read-through answers "miss" instead of
+//!    resurrecting the old version from disk;
+//! 3. an item is only evicted once the backing has applied its sequence number
+//!    (a *dirty* item is skipped by the eviction clock), so an evicted item's
+//!    latest version is always on disk.
+//!
+//! While RAM is known to hold every persisted item (`complete`: nothing has been
+//! evicted or left on disk at load), a miss is a miss and the backing is not
+//! consulted at all.
 
+mod backing;
 mod item;
 
+pub use backing::{Backing, BackingError, Persisted};
 pub use item::{Bits, Item, ItemView};
 
 use crate::mutation::{FlushSpec, ItemState, Mutation, MutationStream, Op};
@@ -28,8 +54,12 @@ use crossbeam_queue::SegQueue;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use std::collections::hash_map::RandomState;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// How many dirty items (not yet applied by the backing) one eviction pass may
+/// skip before giving up; the next write tries again.
+const DIRTY_SKIP_LIMIT: usize = 64;
 
 /// Bytes charged per item on top of key and value: the `Item` struct, the key's
 /// `Bytes` handle, the hash-table slot and control bytes at typical load, the
@@ -97,6 +127,23 @@ enum Dead {
     Flushed,
 }
 
+/// What a read-through found.
+enum Fetched {
+    Live(Item),
+    Dead(Dead),
+    Absent,
+}
+
+/// Result of [`Store::warm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warm {
+    Loaded,
+    /// Expired or flushed: not loaded (the caller purges it from disk).
+    Dead,
+    /// RAM is full: left on disk, read through on demand.
+    NoRoom,
+}
+
 /// Store configuration.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -121,6 +168,12 @@ pub struct Store {
     flush_lock: Mutex<()>,
     stream: Arc<MutationStream>,
     stats: Arc<Stats>,
+    backing: OnceLock<Arc<dyn Backing>>,
+    /// RAM holds every live persisted item, so a miss needs no disk lookup.
+    complete: AtomicBool,
+    /// Keys removed from RAM (delete, expiry) whose removal the backing has not
+    /// applied yet: key -> sequence number of the removal record.
+    unsettled: DashMap<Bytes, u64, RandomState>,
 }
 
 impl std::fmt::Debug for Store {
@@ -129,6 +182,15 @@ impl std::fmt::Debug for Store {
             .field("items", &self.map.len())
             .field("used", &self.used())
             .finish()
+    }
+}
+
+/// A write (`Ok((state, op, in_place))`) or the other changes (`Err`).
+fn split(change: Change) -> Result<(ItemState, Op, bool), Change> {
+    match change {
+        Change::Put(state, op) => Ok((state, op, false)),
+        Change::Rewrite(state) => Ok((state, Op::Store, true)),
+        other => Err(other),
     }
 }
 
@@ -152,7 +214,39 @@ impl Store {
             flush_lock: Mutex::new(()),
             stream,
             stats,
+            backing: OnceLock::new(),
+            complete: AtomicBool::new(true),
+            unsettled: DashMap::with_hasher(RandomState::new()),
         }
+    }
+
+    /// Install the persisted data set RAM caches (once, before serving).
+    /// `complete` says whether RAM already holds all of it.
+    pub fn set_backing(&self, backing: Arc<dyn Backing>, complete: bool) {
+        self.complete.store(complete, Ordering::SeqCst);
+        if self.backing.set(backing).is_err() {
+            tracing::warn!("store backing installed twice; keeping the first");
+        }
+    }
+
+    pub fn backing(&self) -> Option<&Arc<dyn Backing>> {
+        self.backing.get()
+    }
+
+    /// Whether a miss in RAM has to look at the backing.
+    #[inline]
+    fn reads_through(&self) -> bool {
+        self.backing.get().is_some() && !self.complete.load(Ordering::SeqCst)
+    }
+
+    /// Whether every live persisted item is in RAM (no read-through needed).
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::SeqCst)
+    }
+
+    /// Removals not yet applied by the backing (for stats and tests).
+    pub fn unsettled_len(&self) -> usize {
+        self.unsettled.len()
     }
 
     pub fn stream(&self) -> &Arc<MutationStream> {
@@ -248,7 +342,7 @@ impl Store {
         f: impl FnOnce(&Item) -> R,
     ) -> Result<R, Missed> {
         let dead = match self.map.get(key) {
-            None => return Err(Missed::Miss),
+            None => return self.read_through(key, now, bump, f),
             Some(item) => match self.dead(&item, now) {
                 None => {
                     let r = f(&item);
@@ -267,13 +361,119 @@ impl Store {
         })
     }
 
+    /// A miss in RAM: with a backing that RAM does not fully cover, look the
+    /// key up on disk under its shard lock and re-insert it when live.
+    fn read_through<R>(
+        &self,
+        key: &[u8],
+        now: u32,
+        bump: bool,
+        f: impl FnOnce(&Item) -> R,
+    ) -> Result<R, Missed> {
+        if !self.reads_through() {
+            return Err(Missed::Miss);
+        }
+        let vac = match self.map.entry(Bytes::copy_from_slice(key)) {
+            // Inserted since our lookup: an ordinary read sees it.
+            Entry::Occupied(occ) => {
+                drop(occ);
+                return match self.map.get(key) {
+                    Some(item) if self.dead(&item, now).is_none() => {
+                        let r = f(&item);
+                        if bump {
+                            item.mark_accessed(now, true);
+                        }
+                        Ok(r)
+                    }
+                    _ => Err(Missed::Miss),
+                };
+            }
+            Entry::Vacant(vac) => vac,
+        };
+        match self.fetch_persisted(vac.key(), now) {
+            Fetched::Absent => Err(Missed::Miss),
+            Fetched::Dead(Dead::Expired) => Err(Missed::Expired),
+            Fetched::Dead(Dead::Flushed) => Err(Missed::Flushed),
+            Fetched::Live(item) => {
+                let r = f(&item);
+                if bump {
+                    item.mark_accessed(now, true);
+                }
+                if self.cache_vacant(vac, item) {
+                    self.evict_if_needed(now);
+                }
+                Ok(r)
+            }
+        }
+    }
+
+    /// Under the key's shard lock, with the key absent from RAM: its live
+    /// persisted version, if any. A dead one is reported (and an `Expire` is
+    /// published so the writer purges it).
+    fn fetch_persisted(&self, key: &Bytes, now: u32) -> Fetched {
+        if !self.reads_through() {
+            return Fetched::Absent;
+        }
+        let Some(backing) = self.backing.get() else {
+            return Fetched::Absent;
+        };
+        let applied = backing.applied_seq();
+        if let Some(removed_at) = self.unsettled.get(key).map(|r| *r) {
+            if removed_at > applied {
+                // Deleted or expired here; the disk does not know yet.
+                return Fetched::Absent;
+            }
+            self.unsettled.remove_if(key, |_, s| *s <= applied);
+        }
+        let p = match backing.fetch(key) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Fetched::Absent,
+            Err(e) => {
+                self.stats.bump(|c| &c.store_io_error);
+                tracing::error!("read-through of a key failed, answering a miss: {e}");
+                return Fetched::Absent;
+            }
+        };
+        let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
+        let mut item = Item::new(p.state, p.seq, now, qid);
+        item.stored_at = p.stored_at;
+        match self.dead(&item, now) {
+            None => Fetched::Live(item),
+            Some(d) => {
+                self.removed(key, Op::Expire);
+                Fetched::Dead(d)
+            }
+        }
+    }
+
+    /// Insert an item read through from the backing into its vacant slot, if
+    /// memory allows (with `-M` and a full cache it is served but not cached).
+    /// Returns whether it was inserted (the caller then runs eviction, after
+    /// the slot's lock is released).
+    fn cache_vacant(
+        &self,
+        vac: dashmap::mapref::entry::VacantEntry<'_, Bytes, Item>,
+        item: Item,
+    ) -> bool {
+        if self.reserve(charge(vac.key(), &item.value), 0).is_err() {
+            return false;
+        }
+        let entry = (vac.key().clone(), item.qid);
+        drop(vac.insert(item));
+        self.queue.push(entry);
+        true
+    }
+
     /// Remove `key` if it is dead, publishing an `Expire` record.
     fn reclaim(&self, key: &[u8], now: u32) {
-        if let Some((k, item)) = self
-            .map
-            .remove_if(key, |_, it| self.dead(it, now).is_some())
-        {
-            self.forget(&k, &item, Op::Expire);
+        if let Some((k, item)) = self.map.remove_if(key, |k, it| {
+            let dead = self.dead(it, now).is_some();
+            if dead {
+                self.removed(k, Op::Expire);
+            }
+            dead
+        }) {
+            self.uncharge(&k, &item);
             self.stats.bump(|c| &c.reclaimed);
             if !item.has(Bits::FETCHED) {
                 self.stats.bump(|c| &c.expired_unfetched);
@@ -281,17 +481,36 @@ impl Store {
         }
     }
 
-    /// Account for an item that left the table and publish why.
-    fn forget(&self, key: &Bytes, item: &Item, op: Op) -> u64 {
-        self.used
-            .fetch_sub(charge(key, &item.value), Ordering::Relaxed);
-        self.stream.publish(|seq| Mutation {
+    /// Publish why `key` leaves the table. Must be called with the key's shard
+    /// lock held, before the entry is removed, so the record takes its place in
+    /// per-key order and a concurrent read-through sees the removal as unsettled.
+    fn removed(&self, key: &Bytes, op: Op) -> u64 {
+        let seq = self.stream.publish(|seq| Mutation {
             seq,
             op,
             key: key.clone(),
             item: None,
+            stored_at: 0,
             flush: None,
-        })
+        });
+        if matches!(op, Op::Delete | Op::Expire) && self.backing.get().is_some() {
+            self.unsettled.insert(key.clone(), seq);
+        }
+        seq
+    }
+
+    /// Give back the memory of an item that left the table.
+    fn uncharge(&self, key: &Bytes, item: &Item) {
+        self.used
+            .fetch_sub(charge(key, &item.value), Ordering::Relaxed);
+    }
+
+    /// Forget unsettled removals the backing has applied (housekeeping).
+    pub fn settle(&self) {
+        if let Some(b) = self.backing.get() {
+            let applied = b.applied_seq();
+            self.unsettled.retain(|_, s| *s > applied);
+        }
     }
 
     /// Run `f` on the key's current live item (or `None`) under the shard lock and
@@ -319,49 +538,8 @@ impl Store {
         drop(removed);
         let applied = match (decided, f) {
             (Some(res), _) => res?,
-            // Absent (or removed by someone else in between): the entry API, which
-            // needs an owned key because it may insert one.
-            (None, Some(f)) => match self.map.entry(Bytes::copy_from_slice(key)) {
-                Entry::Occupied(mut occ) => {
-                    // Rare: the key appeared since the fast path looked.
-                    let k = occ.key().clone();
-                    let applied = self.apply_occupied(&k, occ.get_mut(), now, f)?;
-                    if applied.remove {
-                        occ.remove_entry();
-                    }
-                    applied
-                }
-                Entry::Vacant(vac) => {
-                    let (change, r) = f(None);
-                    let put = match change {
-                        Change::Put(state, op) => Some((state, op)),
-                        Change::Rewrite(state) => Some((state, Op::Store)),
-                        Change::Keep | Change::Remove => None,
-                    };
-                    match put {
-                        None => Applied {
-                            r,
-                            seq: 0,
-                            remove: false,
-                            new_key: false,
-                        },
-                        Some((state, op)) => {
-                            self.reserve(charge(vac.key(), &state.value), 0)?;
-                            let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
-                            let seq = self.publish_put(vac.key(), &state, op);
-                            let key = vac.key().clone();
-                            vac.insert(Item::new(state, seq, now, qid));
-                            self.queue.push((key, qid));
-                            Applied {
-                                r,
-                                seq,
-                                remove: false,
-                                new_key: true,
-                            }
-                        }
-                    }
-                }
-            },
+            // Absent from RAM (or removed by someone else in between).
+            (None, Some(f)) => self.modify_absent(key, now, f)?,
             (None, None) => unreachable!("the closure ran but decided nothing"),
         };
         if applied.new_key {
@@ -369,6 +547,79 @@ impl Store {
         }
         self.evict_if_needed(now);
         Ok((applied.r, applied.seq))
+    }
+
+    /// [`Store::modify`] for a key the fast path did not find: the entry API,
+    /// which needs an owned key because it may insert one, and which looks at the
+    /// backing (read-through) while the key's slot is locked.
+    fn modify_absent<R>(
+        &self,
+        key: &[u8],
+        now: u32,
+        f: impl FnOnce(Option<&Item>) -> (Change, R),
+    ) -> Result<Applied<R>, StoreError> {
+        let done = |r, seq, new_key| Applied {
+            r,
+            seq,
+            remove: false,
+            new_key,
+        };
+        Ok(match self.map.entry(Bytes::copy_from_slice(key)) {
+            // Rare: the key appeared since the fast path looked.
+            Entry::Occupied(mut occ) => {
+                let k = occ.key().clone();
+                let applied = self.apply_occupied(&k, occ.get_mut(), now, f)?;
+                if applied.remove {
+                    occ.remove_entry();
+                }
+                applied
+            }
+            Entry::Vacant(vac) => match self.fetch_persisted(vac.key(), now) {
+                // Only on disk: the command sees it exactly as if it were in RAM.
+                Fetched::Live(disk) => {
+                    let (change, r) = f(Some(&disk));
+                    match split(change) {
+                        Err(Change::Remove) => {
+                            let seq = self.removed(vac.key(), Op::Delete);
+                            done(r, seq, false)
+                        }
+                        Err(_keep) => {
+                            let new_key = self.cache_vacant(vac, disk);
+                            done(r, 0, new_key)
+                        }
+                        Ok((state, op, in_place)) => {
+                            self.reserve(charge(vac.key(), &state.value), 0)?;
+                            let stored_at = if op == Op::Touch { disk.stored_at } else { now };
+                            let seq = self.publish_put(vac.key(), &state, op, stored_at);
+                            let mut item = Item::new(state, seq, now, disk.qid);
+                            item.stored_at = stored_at;
+                            if op == Op::Touch || in_place {
+                                item.mark_accessed(now, disk.has(Bits::FETCHED));
+                            }
+                            let key = vac.key().clone();
+                            drop(vac.insert(item));
+                            self.queue.push((key, disk.qid));
+                            done(r, seq, true)
+                        }
+                    }
+                }
+                Fetched::Dead(_) | Fetched::Absent => {
+                    let (change, r) = f(None);
+                    match split(change) {
+                        Err(_) => done(r, 0, false),
+                        Ok((state, op, _)) => {
+                            self.reserve(charge(vac.key(), &state.value), 0)?;
+                            let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
+                            let seq = self.publish_put(vac.key(), &state, op, now);
+                            let key = vac.key().clone();
+                            drop(vac.insert(Item::new(state, seq, now, qid)));
+                            self.queue.push((key, qid));
+                            done(r, seq, true)
+                        }
+                    }
+                }
+            },
+        })
     }
 
     /// Run `f` on the item stored at `key` (live, or dead and so shown as `None`)
@@ -383,30 +634,28 @@ impl Store {
     ) -> Result<Applied<R>, StoreError> {
         let dead = self.dead(item, now);
         let (change, r) = f(if dead.is_none() { Some(item) } else { None });
-        let put = match change {
-            Change::Put(state, op) => Ok((state, op, false)),
-            Change::Rewrite(state) => Ok((state, Op::Store, true)),
-            other => Err(other),
-        };
         let done = |r, seq, remove| Applied {
             r,
             seq,
             remove,
             new_key: false,
         };
-        match put {
+        match split(change) {
             Err(Change::Remove) => {
-                if dead.is_some() {
-                    self.forget(key, item, Op::Expire);
-                    Ok(done(r, 0, true))
+                // Published under the lock, before the caller unlinks the entry.
+                let op = if dead.is_some() {
+                    Op::Expire
                 } else {
-                    let seq = self.forget(key, item, Op::Delete);
-                    Ok(done(r, seq, true))
-                }
+                    Op::Delete
+                };
+                let seq = self.removed(key, op);
+                self.uncharge(key, item);
+                Ok(done(r, if dead.is_some() { 0 } else { seq }, true))
             }
             Err(_keep) => {
                 if dead.is_some() {
-                    self.forget(key, item, Op::Expire);
+                    self.removed(key, Op::Expire);
+                    self.uncharge(key, item);
                     self.stats.bump(|c| &c.reclaimed);
                 }
                 Ok(done(r, 0, dead.is_some()))
@@ -422,12 +671,12 @@ impl Store {
                 } else {
                     item.qid
                 };
-                let seq = self.publish_put(key, &state, op);
                 let stored_at = if op == Op::Touch && dead.is_none() {
                     item.stored_at
                 } else {
                     now
                 };
+                let seq = self.publish_put(key, &state, op, stored_at);
                 let mut next = Item::new(state, seq, now, qid);
                 next.stored_at = stored_at;
                 if (op == Op::Touch || in_place) && dead.is_none() {
@@ -449,12 +698,13 @@ impl Store {
         }
     }
 
-    fn publish_put(&self, key: &Bytes, state: &ItemState, op: Op) -> u64 {
+    fn publish_put(&self, key: &Bytes, state: &ItemState, op: Op, stored_at: u32) -> u64 {
         self.stream.publish(|seq| Mutation {
             seq,
             op,
             key: key.clone(),
             item: Some(state.clone()),
+            stored_at,
             flush: None,
         })
     }
@@ -502,34 +752,48 @@ impl Store {
             return;
         }
         let mut budget = self.queue.len() * 2 + 16;
-        while self.used() > self.limit() && budget > 0 {
+        let mut dirty_skips = 0;
+        let backing = self.backing.get();
+        while self.used() > self.limit() && budget > 0 && dirty_skips < DIRTY_SKIP_LIMIT {
             budget -= 1;
             let Some((key, qid)) = self.queue.pop() else {
                 break;
             };
             let mut requeue = false;
             let mut dead = false;
-            let removed = self.map.remove_if(&key, |_, it| {
+            let removed = self.map.remove_if(&key, |k, it| {
                 if it.qid != qid {
                     return false;
                 }
                 if self.dead(it, now).is_some() {
                     dead = true;
+                    self.removed(k, Op::Expire);
                     return true;
                 }
                 if it.take_accessed() {
                     requeue = true;
                     return false;
                 }
+                if let Some(b) = backing {
+                    if it.seq > b.applied_seq() {
+                        // Its latest version is not on disk yet: evicting it
+                        // now would let a read-through return an older one.
+                        requeue = true;
+                        dirty_skips += 1;
+                        return false;
+                    }
+                    self.complete.store(false, Ordering::SeqCst);
+                }
+                self.removed(k, Op::Evict);
                 true
             });
             match removed {
                 Some((k, item)) if dead => {
-                    self.forget(&k, &item, Op::Expire);
+                    self.uncharge(&k, &item);
                     self.stats.bump(|c| &c.reclaimed);
                 }
                 Some((k, item)) => {
-                    self.forget(&k, &item, Op::Evict);
+                    self.uncharge(&k, &item);
                     self.stats.bump(|c| &c.evictions);
                     if !item.has(Bits::FETCHED) {
                         self.stats.bump(|c| &c.evicted_unfetched);
@@ -564,6 +828,7 @@ impl Store {
     /// Examine up to `max` items in queue order and reclaim the dead ones.
     /// Returns how many were reclaimed. Called by housekeeping every second.
     pub fn reap(&self, now: u32, max: usize) -> usize {
+        self.settle();
         let mut reclaimed = 0;
         for _ in 0..max.min(self.queue.len()) {
             let Some((key, qid)) = self.queue.pop() else {
@@ -581,15 +846,18 @@ impl Store {
                 continue;
             }
             let mut keep = false;
-            let removed = self.map.remove_if(&key, |_, it| {
+            let removed = self.map.remove_if(&key, |k, it| {
                 if it.qid != qid {
                     return false;
                 }
                 keep = self.dead(it, now).is_none();
+                if !keep {
+                    self.removed(k, Op::Expire);
+                }
                 !keep
             });
             if let Some((k, item)) = removed {
-                self.forget(&k, &item, Op::Expire);
+                self.uncharge(&k, &item);
                 self.stats.bump(|c| &c.reclaimed);
                 if !item.has(Bits::FETCHED) {
                     self.stats.bump(|c| &c.expired_unfetched);
@@ -619,6 +887,7 @@ impl Store {
                 op: Op::Flush,
                 key: Bytes::new(),
                 item: None,
+                stored_at: 0,
                 flush: Some(spec),
             }
         });
@@ -662,8 +931,33 @@ impl Store {
         true
     }
 
-    /// Visit every live item (for snapshots). Holds one shard's read lock at a time;
-    /// `f` must not call back into the store.
+    /// Insert a persisted item at warm restart, without publishing and without
+    /// evicting anything: when RAM is full the item stays on disk only (and the
+    /// store stops being `complete`). The caller restores the CAS counter and
+    /// the stream's sequence number once, after loading.
+    pub fn warm(&self, key: Bytes, p: Persisted, now: u32) -> Warm {
+        let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
+        let mut item = Item::new(p.state, p.seq, now, qid);
+        item.stored_at = p.stored_at;
+        if self.dead(&item, now).is_some() {
+            return Warm::Dead;
+        }
+        let size = charge(&key, &item.value);
+        if self.used() + size > self.limit() {
+            self.complete.store(false, Ordering::SeqCst);
+            return Warm::NoRoom;
+        }
+        self.used.fetch_add(size, Ordering::Relaxed);
+        if let Some(old) = self.map.insert(key.clone(), item) {
+            self.uncharge(&key, &old);
+        }
+        self.queue.push((key, qid));
+        Warm::Loaded
+    }
+
+    /// Visit every live item in RAM (for snapshots). Items only on disk are not
+    /// visited. Holds one shard's read lock at a time; `f` must not call back
+    /// into the store.
     pub fn for_each_live(&self, now: u32, mut f: impl FnMut(&Bytes, &Item)) {
         for r in self.map.iter() {
             if self.dead(r.value(), now).is_none() {

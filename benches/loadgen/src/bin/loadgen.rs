@@ -60,7 +60,8 @@ struct Opts {
     drain: f64,
 }
 
-const USAGE: &str = "usage: memtwin-loadgen --addr HOST:PORT [--threads 1] [--conns 50] [--duration 8] \
+const USAGE: &str =
+    "usage: memtwin-loadgen --addr HOST:PORT [--threads 1] [--conns 50] [--duration 8] \
 [--warmup 1] [--proto text|binary] [--keys 100000] [--key-prefix key:] [--value-size 100] \
 [--get-ratio 0.9] [--multiget 1] [--pipeline 1] [--rate REQ_PER_S] [--preload] \
 [--watch-pid PID]... [--seed N] [--drain 2]";
@@ -193,7 +194,11 @@ impl Encoder {
     }
 
     fn bin_header(&self, buf: &mut Vec<u8>, opcode: u8, extlen: u8, body: usize) {
-        let kl = if opcode == BIN_NOOP { 0 } else { self.key_len() as u16 };
+        let kl = if opcode == BIN_NOOP {
+            0
+        } else {
+            self.key_len() as u16
+        };
         buf.extend_from_slice(&[0x80, opcode]);
         buf.extend_from_slice(&kl.to_be_bytes());
         buf.extend_from_slice(&[extlen, 0, 0, 0]);
@@ -304,9 +309,14 @@ impl Rng {
 
 /// Where key ids come from.
 enum Keys {
-    Random { n: u64 },
+    Random {
+        n: u64,
+    },
     /// Preload: each key of this thread's slice once.
-    Sequential { next: u64, end: u64 },
+    Sequential {
+        next: u64,
+        end: u64,
+    },
 }
 
 struct Worker {
@@ -351,7 +361,11 @@ impl Worker {
         if epfd < 0 {
             return Err(io::Error::last_os_error());
         }
-        let max_outstanding = if opts.rate > 0.0 { 100_000 } else { opts.pipeline };
+        let max_outstanding = if opts.rate > 0.0 {
+            100_000
+        } else {
+            opts.pipeline
+        };
         let mut conns = Vec::with_capacity(n_conns);
         for i in 0..n_conns {
             let sock = TcpStream::connect_timeout(&opts.addr, Duration::from_secs(5))?;
@@ -366,8 +380,8 @@ impl Worker {
             if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            let wcap = (opts.pipeline.max(16) * (64 + opts.value_size + 40 * opts.multiget))
-                .min(64 << 20);
+            let wcap =
+                (opts.pipeline.max(16) * (64 + opts.value_size + 40 * opts.multiget)).min(64 << 20);
             conns.push(Conn {
                 _sock: sock,
                 fd,
@@ -671,7 +685,11 @@ impl Worker {
         Ok(())
     }
 
-    fn wait(&mut self, events: &mut [libc::epoll_event], timeout_ns: Option<u64>) -> io::Result<usize> {
+    fn wait(
+        &mut self,
+        events: &mut [libc::epoll_event],
+        timeout_ns: Option<u64>,
+    ) -> io::Result<usize> {
         let ts;
         let tsp = match timeout_ns {
             Some(ns) => {
@@ -701,7 +719,9 @@ impl Worker {
                 return Ok(0);
             }
             if e == libc::ENOSYS {
-                let ms = timeout_ns.map(|ns| ns.div_ceil(1_000_000) as i32).unwrap_or(-1);
+                let ms = timeout_ns
+                    .map(|ns| ns.div_ceil(1_000_000) as i32)
+                    .unwrap_or(-1);
                 // SAFETY: as above.
                 let n = unsafe {
                     libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as i32, ms)
@@ -853,17 +873,19 @@ fn main() {
     for t in 0..opts.threads {
         let (opts, go, barrier) = (opts.clone(), go.clone(), barrier.clone());
         let n = opts.conns / opts.threads + usize::from(t < opts.conns % opts.threads);
-        handles.push(std::thread::spawn(move || -> Result<(Histogram, Totals), String> {
-            // SAFETY: prctl on the calling thread; 1 ns slack makes timed waits precise.
-            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
-            let w = Worker::new(opts, t, n, epoch);
-            barrier.wait();
-            barrier.wait();
-            let mut w = w.map_err(|e| format!("connect: {e}"))?;
-            w.run(go.load(Ordering::Acquire))
-                .map_err(|e| format!("worker {t}: {e}"))?;
-            Ok((std::mem::take(&mut w.hist), std::mem::take(&mut w.tot)))
-        }));
+        handles.push(std::thread::spawn(
+            move || -> Result<(Histogram, Totals), String> {
+                // SAFETY: prctl on the calling thread; 1 ns slack makes timed waits precise.
+                unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+                let w = Worker::new(opts, t, n, epoch);
+                barrier.wait();
+                barrier.wait();
+                let mut w = w.map_err(|e| format!("connect: {e}"))?;
+                w.run(go.load(Ordering::Acquire))
+                    .map_err(|e| format!("worker {t}: {e}"))?;
+                Ok((std::mem::take(&mut w.hist), std::mem::take(&mut w.tot)))
+            },
+        ));
     }
     barrier.wait();
     let t_go = now_ns(epoch) + 1_000_000;
@@ -917,8 +939,16 @@ fn main() {
         if i > 0 {
             watched.push_str(", ");
         }
-        let d_s = if d.is_nan() { "null".to_string() } else { format!("{d:.4}") };
-        let per = if d.is_nan() { "null".to_string() } else { format!("{:.3}", per_op(d)) };
+        let d_s = if d.is_nan() {
+            "null".to_string()
+        } else {
+            format!("{d:.4}")
+        };
+        let per = if d.is_nan() {
+            "null".to_string()
+        } else {
+            format!("{:.3}", per_op(d))
+        };
         watched.push_str(&format!(
             "\"{pid}\": {{\"cpu_s\": {d_s}, \"cpu_us_per_op\": {per}}}"
         ));
@@ -944,7 +974,11 @@ fn main() {
             "\"watched\": {{{watched}}}, \"sys_busy_s\": {sys:.3}, \"cpu_busy_s\": [{cpus}], ",
             "\"failures\": [{fails}]}}"
         ),
-        proto = if opts.proto == Proto::Text { "text" } else { "binary" },
+        proto = if opts.proto == Proto::Text {
+            "text"
+        } else {
+            "binary"
+        },
         conns = opts.conns,
         threads = opts.threads,
         pipe = opts.pipeline,
@@ -956,7 +990,11 @@ fn main() {
         secs = window,
         ops = tot.ops,
         ops_s = if window > 0.0 { ops / window } else { 0.0 },
-        keys_s = if window > 0.0 { tot.keys_requested as f64 / window } else { 0.0 },
+        keys_s = if window > 0.0 {
+            tot.keys_requested as f64 / window
+        } else {
+            0.0
+        },
         hits = tot.hits,
         kr = tot.keys_requested,
         errs = tot.errors,

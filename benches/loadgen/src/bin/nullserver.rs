@@ -101,7 +101,11 @@ fn process(input: &mut BytesMut, out: &mut BytesMut, value: &[u8], vlen: &[u8]) 
         let Some(nl) = memchr::memchr(b'\n', input) else {
             return input.len() <= 2048;
         };
-        let line_end = if nl > 0 && input[nl - 1] == b'\r' { nl - 1 } else { nl };
+        let line_end = if nl > 0 && input[nl - 1] == b'\r' {
+            nl - 1
+        } else {
+            nl
+        };
         let line = &input[..line_end];
         if line.starts_with(b"get ") || line.starts_with(b"gets ") {
             for key in line[4..].split(|&b| b == b' ').filter(|k| !k.is_empty()) {
@@ -180,7 +184,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let value = std::sync::Arc::new((vec![b'x'; o.value_size], o.value_size.to_string().into_bytes()));
+    let value = std::sync::Arc::new((
+        vec![b'x'; o.value_size],
+        o.value_size.to_string().into_bytes(),
+    ));
     rt.block_on(async move {
         let l = TcpListener::bind((o.addr.as_str(), o.port))
             .await

@@ -1,0 +1,480 @@
+//! Disk persistence with sled: sessions survive restarts and crashes, and RAM
+//! becomes a cache over disk.
+//!
+//! memcached forgets everything on restart; for a session store that means
+//! logging every user out. With `--data-dir`, memtwin keeps every live item in
+//! a sled database (memcachedb's model) and reloads it before serving.
+//!
+//! How it fits together, and why:
+//!
+//! * **One source of changes.** Persistence is a subscriber of the
+//!   [`MutationStream`](crate::mutation::MutationStream), like twin replication
+//!   will be; the engine and the store have no persistence hooks. Records carry
+//!   resulting states, so the writer applies them idempotently and coalesces
+//!   per key ([`writer`]).
+//! * **Off the request path.** A dedicated thread applies the stream in batches
+//!   (group commit). `--fsync` chooses when a reply may be sent:
+//!   - `always`: after the write is durable (sled apply + fdatasync of the files
+//!     sled wrote, see [`disk`]); the subscription is *blocking*, so connections
+//!     wait for the writer's acknowledgement before replying;
+//!   - `everysec` (default): once applied in memory by sled; a durable sync runs
+//!     about once a second, so a crash loses at most about one second;
+//!   - `no`: sled's own flush (to the OS, no fsync) about once a second.
+//!
+//!   In every mode a failing disk turns writes into `SERVER_ERROR unable to
+//!   persist write` (the subscription gates writes) while reads keep working.
+//! * **RAM is a cache.** Evictions do not touch the disk; a miss in RAM reads
+//!   through via the [`Backing`](crate::store::Backing) trait implemented by
+//!   [`State`]. Deletes and expiry remove from disk; a sweeper purges expired
+//!   records nothing reads; `flush_all` (immediate or delayed) is persisted as
+//!   the store's flush state, not as a storm of deletes.
+//! * **Warm restart** ([`load`]) happens before `server::serve`: no client is
+//!   answered from a half-loaded table.
+//! * **Identity.** Each data set has a random 128-bit history id, created with
+//!   it, and records the last applied sequence number: what twin replication
+//!   needs to choose between catch-up and full resync.
+//! * **Safety.** The directory is locked (`DIR/LOCK`), a damaged one is never
+//!   wiped but refused with instructions ([`disk::OpenError`]).
+//!
+//! sled is pinned to 0.34.7; its caveats (flush is not an fsync, memory and
+//! space amplification, corruption reports) and what was measured are in
+//! `docs/decisions.md` and `docs/persistence.md`.
+
+mod compact;
+pub mod disk;
+pub mod load;
+pub mod record;
+mod writer;
+
+pub use disk::OpenError;
+pub use load::LoadReport;
+
+use crate::clock::Clock;
+use crate::mutation::{Mutation, SubscribeOptions};
+use crate::store::{Backing, BackingError, Persisted, Store};
+use crossbeam_channel::Receiver;
+use disk::{Disk, Opened};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// Queue between the store and the writer, in records. A full queue makes
+/// writers wait (back-pressure); it never drops.
+const QUEUE_CAPACITY: usize = 1 << 16;
+
+/// When a write counts as done (`--fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// Reply only after the write is on disk (fdatasync per group commit).
+    Always,
+    /// Reply once applied; fsync about once a second.
+    #[default]
+    Everysec,
+    /// Never fsync explicitly (sled hands data to the OS about once a second).
+    No,
+}
+
+impl FsyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsyncMode::Always => "always",
+            FsyncMode::Everysec => "everysec",
+            FsyncMode::No => "no",
+        }
+    }
+}
+
+/// Persistence settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistConfig {
+    pub dir: PathBuf,
+    pub fsync: FsyncMode,
+    /// sled's page cache, bytes.
+    pub cache_bytes: u64,
+}
+
+/// State shared by the writer thread, the read-through path and `stats`.
+#[derive(Debug)]
+pub struct State {
+    pub(crate) disk: Disk,
+    pub(crate) mode: FsyncMode,
+    history_id: u128,
+    /// Highest sequence number applied to sled (what read-through sees).
+    pub(crate) applied: AtomicU64,
+    /// Highest sequence number known durable (explicit fsync).
+    pub(crate) durable: AtomicU64,
+    /// Records received by the writer but not applied yet.
+    pub(crate) pending: AtomicU64,
+    pub(crate) healthy: AtomicBool,
+    pub(crate) write_errors: AtomicU64,
+    read_errors: AtomicU64,
+    disk_reads: AtomicU64,
+    pub(crate) purged: AtomicU64,
+    pub(crate) last_sync_us: AtomicU64,
+    pub(crate) syncs: AtomicU64,
+    pub(crate) bytes_on_disk: AtomicU64,
+    pub(crate) items_on_disk: AtomicU64,
+    pub(crate) live_bytes: AtomicU64,
+    pub(crate) compactions: AtomicU64,
+    pub(crate) compacting: AtomicBool,
+    pub(crate) stop: AtomicBool,
+    /// Exact live item count at shutdown (0 = unknown), written as the hint.
+    pub(crate) final_items: AtomicU64,
+    queue: OnceLock<Receiver<Arc<Mutation>>>,
+}
+
+impl State {
+    pub fn history_id(&self) -> u128 {
+        self.history_id
+    }
+
+    pub fn last_durable_seq(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Records waiting for the writer (queued plus received but not applied).
+    pub fn queue_depth(&self) -> u64 {
+        let queued = self.queue.get().map(|q| q.len()).unwrap_or(0) as u64;
+        queued + self.pending.load(Ordering::Relaxed)
+    }
+}
+
+impl Backing for State {
+    fn fetch(&self, key: &[u8]) -> Result<Option<Persisted>, BackingError> {
+        let rec = self.disk.get(key).map_err(|e| {
+            self.read_errors.fetch_add(1, Ordering::Relaxed);
+            BackingError(e)
+        })?;
+        match rec {
+            None => Ok(None),
+            Some(v) => {
+                self.disk_reads.fetch_add(1, Ordering::Relaxed);
+                record::decode_item(&v).map(Some).map_err(|e| {
+                    self.read_errors.fetch_add(1, Ordering::Relaxed);
+                    BackingError(e.to_string())
+                })
+            }
+        }
+    }
+
+    fn applied_seq(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    fn report(&self, out: &mut Vec<(&'static str, String)>) {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+        out.push(("memtwin_persist_enabled", "1".into()));
+        out.push(("memtwin_persist_fsync", self.mode.as_str().into()));
+        out.push((
+            "memtwin_persist_healthy",
+            u8::from(self.is_healthy()).to_string(),
+        ));
+        out.push((
+            "memtwin_persist_queue_depth",
+            self.queue_depth().to_string(),
+        ));
+        out.push(("memtwin_persist_applied_seq", n(&self.applied)));
+        out.push(("memtwin_persist_last_durable_seq", n(&self.durable)));
+        out.push(("memtwin_persist_bytes_on_disk", n(&self.bytes_on_disk)));
+        out.push(("memtwin_persist_items_on_disk", n(&self.items_on_disk)));
+        out.push(("memtwin_persist_live_bytes", n(&self.live_bytes)));
+        out.push(("memtwin_persist_compactions", n(&self.compactions)));
+        out.push((
+            "memtwin_persist_compacting",
+            u8::from(self.compacting.load(Ordering::Relaxed)).to_string(),
+        ));
+        out.push(("memtwin_persist_write_errors", n(&self.write_errors)));
+        out.push(("memtwin_persist_read_errors", n(&self.read_errors)));
+        out.push(("memtwin_persist_syncs", n(&self.syncs)));
+        out.push(("memtwin_persist_last_sync_us", n(&self.last_sync_us)));
+        out.push(("memtwin_persist_disk_reads", n(&self.disk_reads)));
+        out.push(("memtwin_persist_purged", n(&self.purged)));
+        out.push((
+            "memtwin_persist_history_id",
+            format!("{:032x}", self.history_id),
+        ));
+    }
+}
+
+/// An opened (locked) data set, before the writer runs.
+#[derive(Debug)]
+pub struct Persistence {
+    state: Arc<State>,
+    opened: Opened,
+}
+
+/// The running writer; [`Running::shutdown`] drains and syncs.
+#[derive(Debug)]
+pub struct Running {
+    state: Arc<State>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Persistence {
+    /// Lock and open the data directory (creating a data set if there is none).
+    pub fn open(cfg: &PersistConfig) -> Result<Persistence, OpenError> {
+        let (disk, opened) = Disk::open(&cfg.dir, cfg.cache_bytes)?;
+        tracing::info!(
+            "data set {} opened (history id {:032x}, last seq {}, fsync={}, sled cache {} MiB)",
+            cfg.dir.display(),
+            opened.history_id,
+            opened.last_seq,
+            cfg.fsync.as_str(),
+            cfg.cache_bytes >> 20
+        );
+        let state = Arc::new(State {
+            disk,
+            mode: cfg.fsync,
+            history_id: opened.history_id,
+            applied: AtomicU64::new(opened.last_seq),
+            durable: AtomicU64::new(opened.last_seq),
+            pending: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            write_errors: AtomicU64::new(0),
+            read_errors: AtomicU64::new(0),
+            disk_reads: AtomicU64::new(0),
+            purged: AtomicU64::new(0),
+            last_sync_us: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            bytes_on_disk: AtomicU64::new(0),
+            items_on_disk: AtomicU64::new(opened.items_hint),
+            live_bytes: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
+            compacting: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            final_items: AtomicU64::new(0),
+            queue: OnceLock::new(),
+        });
+        Ok(Persistence { state, opened })
+    }
+
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// Warm restart: load the data set into `store` (before serving).
+    pub fn load(&self, store: &Store, now: u32) -> Result<LoadReport, OpenError> {
+        self.load_with_progress(store, now, &mut |_| {})
+    }
+
+    /// [`Persistence::load`], calling `on_progress(items seen)` every couple of
+    /// seconds (the daemon extends systemd's start timeout with it).
+    pub fn load_with_progress(
+        &self,
+        store: &Store,
+        now: u32,
+        on_progress: &mut dyn FnMut(u64),
+    ) -> Result<LoadReport, OpenError> {
+        let r = load::warm_restart(&self.state, &self.opened, store, now, on_progress)?;
+        self.state.applied.fetch_max(r.max_seq, Ordering::AcqRel);
+        self.state.durable.fetch_max(r.max_seq, Ordering::AcqRel);
+        if let Some(n) = self.state.disk.size_on_disk() {
+            self.state.bytes_on_disk.store(n, Ordering::Relaxed);
+        }
+        self.state
+            .items_on_disk
+            .store(r.loaded + r.disk_only, Ordering::Relaxed);
+        self.state.live_bytes.store(r.live_bytes, Ordering::Relaxed);
+        Ok(r)
+    }
+
+    /// Subscribe to the store's mutation stream, install the read-through
+    /// backing and start the writer thread. Call after [`Persistence::load`]
+    /// and before serving.
+    pub fn start(self, store: &Store, clock: Arc<Clock>) -> std::io::Result<Running> {
+        let mode = self.state.mode;
+        let sub = store.stream().subscribe_with(
+            QUEUE_CAPACITY,
+            SubscribeOptions {
+                blocking: mode == FsyncMode::Always,
+                gate_writes: true,
+            },
+        );
+        let _ = self.state.queue.set(sub.rx.clone());
+        let complete = store.is_complete();
+        store.set_backing(self.state.clone(), complete);
+        let w = writer::Writer::new(
+            self.state.clone(),
+            sub.rx,
+            sub.ack,
+            clock,
+            store.flush_spec(),
+        );
+        let (state, ack) = (self.state.clone(), w.ack_handle());
+        let thread = std::thread::Builder::new()
+            .name("memtwin-persist".into())
+            .spawn(move || {
+                // A bug in the writer must not silently stop persistence (its
+                // queue would close and later records would go nowhere): refuse
+                // writes from then on, loudly.
+                let run = std::panic::AssertUnwindSafe(move || w.run());
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!(
+                        "the persistence writer crashed: writes are refused until memtwin is \
+                         restarted"
+                    );
+                    state.healthy.store(false, Ordering::SeqCst);
+                    ack.set_healthy(false);
+                }
+            })?;
+        Ok(Running {
+            state: self.state,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Running {
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// Apply and sync everything published so far, then stop the writer.
+    /// Call after the server stopped taking requests. `items` is the live item
+    /// count when known exactly (RAM holds everything), recorded so the next
+    /// warm restart can show its progress in percent.
+    pub fn shutdown_with_count(self, items: Option<u64>) {
+        if let Some(n) = items {
+            self.state.final_items.store(n, Ordering::SeqCst);
+        }
+        self.shutdown();
+    }
+
+    /// [`Running::shutdown_with_count`] without a count.
+    pub fn shutdown(mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("the persistence writer panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mutation::{ItemState, MutationStream, Op};
+    use crate::stats::Stats;
+    use crate::store::{Change, Lookup, StoreConfig};
+    use bytes::Bytes;
+    use std::time::{Duration, Instant};
+
+    const NOW: u32 = 1_800_000_000;
+
+    fn store(limit: usize) -> Store {
+        Store::new(
+            StoreConfig {
+                limit,
+                evict: true,
+                use_cas: true,
+            },
+            Arc::new(MutationStream::new()),
+            Arc::new(Stats::new()),
+        )
+    }
+
+    fn put(s: &Store, key: &str, value: &[u8]) -> u64 {
+        let cas = s.next_cas();
+        let state = ItemState {
+            value: Bytes::copy_from_slice(value),
+            flags: 3,
+            exptime: 0,
+            cas,
+            bits: 0,
+        };
+        s.modify(key.as_bytes(), NOW, |_| (Change::Put(state, Op::Store), ()))
+            .expect("put")
+            .1
+    }
+
+    fn wait_applied(state: &State, seq: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state.applied_seq() < seq {
+            assert!(Instant::now() < deadline, "writer did not apply {seq}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn cfg(dir: &std::path::Path, fsync: FsyncMode) -> PersistConfig {
+        PersistConfig {
+            dir: dir.to_path_buf(),
+            fsync,
+            cache_bytes: 8 << 20,
+        }
+    }
+
+    #[test]
+    fn writer_persists_the_stream_and_ram_reads_through() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("d");
+        let item = 1000 + crate::store::ITEM_OVERHEAD;
+        let s = store(item * 8);
+        let p = Persistence::open(&cfg(&dir, FsyncMode::Always)).expect("open");
+        p.load(&s, NOW).expect("load");
+        let clock = Arc::new(Clock::fixed(NOW));
+        let running = p.start(&s, clock).expect("start");
+        let state = running.state().clone();
+
+        let v = vec![b'x'; 1000 - 3];
+        let mut last = 0;
+        for i in 0..40 {
+            last = put(&s, &format!("k{i:02}"), &v);
+            // Dirty items are not evicted, so let the writer keep up.
+            wait_applied(&state, last);
+        }
+        assert!(s.len() <= 8, "RAM holds only what fits");
+        assert!(!s.is_complete());
+        // Evicted items come back from disk, with their flags and CAS.
+        match s.get(b"k00", NOW, true) {
+            Lookup::Hit(view) => assert_eq!((view.flags, view.cas, view.value.len()), (3, 1, 997)),
+            other => panic!("k00 not read through: {other:?}"),
+        }
+        // A delete of a disk-only item sticks, even before the writer applies it.
+        let del = s
+            .modify(b"k01", NOW, |old| {
+                assert!(old.is_some(), "modify sees the disk-only item");
+                (Change::Remove, ())
+            })
+            .expect("delete")
+            .1;
+        assert!(del > last);
+        assert_eq!(s.get(b"k01", NOW, true), Lookup::Miss, "not resurrected");
+        wait_applied(&state, del);
+        assert_eq!(s.get(b"k01", NOW, true), Lookup::Miss);
+        // fsync=always: the writer acknowledged only durable records.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state.last_durable_seq() < del {
+            assert!(Instant::now() < deadline, "not durable");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        running.shutdown();
+        let history = state.history_id();
+        // The store (its backing) and our handle keep the directory locked.
+        drop((s, state));
+
+        // A fresh store over the same directory sees the same data set.
+        let s2 = store(1 << 20);
+        let p2 = Persistence::open(&cfg(&dir, FsyncMode::Everysec)).expect("reopen");
+        assert_eq!(p2.state().history_id(), history);
+        let r = p2.load(&s2, NOW).expect("load");
+        assert_eq!((r.loaded, r.disk_only), (39, 0));
+        assert!(r.max_seq >= del);
+        assert_eq!(s2.stream().last_seq(), r.max_seq);
+        assert!(matches!(s2.get(b"k39", NOW, true), Lookup::Hit(_)));
+        assert_eq!(s2.get(b"k01", NOW, true), Lookup::Miss);
+        assert!(s2.next_cas() > 40, "CAS continues above the loaded values");
+    }
+}
