@@ -25,7 +25,7 @@ fn stat_u64(c: &mut Client, name: &str) -> u64 {
 fn rewrite_reclaims_space_and_keeps_everything() {
     let tmp = tempdir();
     let dir = tmp.path().join("data");
-    let port = 21434;
+    let port = common::free_port();
     let d = Daemon::start_env(port, &dir, &[], &EAGER);
     let mut c = d.client();
     let value = |round: usize, i: usize| format!("{round}:{i}:").repeat(100).into_bytes();
@@ -105,7 +105,7 @@ fn kill9_during_rewrites_loses_nothing() {
     // copying, sealing and swapping.
     let tmp = tempdir();
     let dir = tmp.path().join("data");
-    let port = 21435;
+    let port = common::free_port();
     let args = ["--fsync", "always"];
     let mut rng = Rng::from_time();
     // Base load so the data set is above the 4 MiB minimum.

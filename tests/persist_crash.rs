@@ -50,7 +50,7 @@ fn run_cycle(
 fn fsync_always_loses_no_acknowledged_write_across_kill9() {
     let tmp = tempdir();
     let dir = tmp.path().join("data");
-    let port = 21430;
+    let port = common::free_port();
     let args = ["--fsync", "always"];
     let mut rng = Rng::from_time();
     let mut models = vec![Model::default(); WRITERS];
@@ -97,7 +97,7 @@ const LOSS_BOUND: Duration = Duration::from_millis(2500);
 fn fsync_everysec_loss_is_bounded_across_kill9() {
     let tmp = tempdir();
     let dir = tmp.path().join("data");
-    let port = 21431;
+    let port = common::free_port();
     let mut rng = Rng::from_time();
     let mut worst = Duration::ZERO;
     for cycle in 0..5 {

@@ -279,10 +279,10 @@ fn check_all(c: &mut Client, acked: &HashMap<String, Vec<u8>>, when: &str) {
 
 #[test]
 fn disk_full_with_fsync_always() {
-    disk_full_scenario(21432, "always");
+    disk_full_scenario(common::free_port(), "always");
 }
 
 #[test]
 fn disk_full_with_fsync_everysec() {
-    disk_full_scenario(21433, "everysec");
+    disk_full_scenario(common::free_port(), "everysec");
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 fn values_flags_cas_and_deletes_survive_restart_and_crash() {
     let tmp = tempdir();
     let dir = tmp.path().join("data");
-    let port = 21422;
+    let port = common::free_port();
     let d = Daemon::start(port, &dir, &["--fsync", "always"]);
     let mut c = d.client();
     assert_eq!(c.set("sess:a", 42, 0, b"alpha"), "STORED");
@@ -74,7 +74,7 @@ fn values_flags_cas_and_deletes_survive_restart_and_crash() {
 fn ttl_is_absolute_across_restart() {
     let tmp = tempdir();
     let dir = tmp.path().join("data");
-    let port = 21423;
+    let port = common::free_port();
     let d = Daemon::start(port, &dir, &[]);
     let mut c = d.client();
     let t0 = Instant::now();
@@ -124,7 +124,7 @@ fn ttl_is_absolute_across_restart() {
 fn flush_all_and_delayed_flush_survive_restart() {
     let tmp = tempdir();
     let dir = tmp.path().join("data");
-    let port = 21424;
+    let port = common::free_port();
     // fsync=always: the last step crashes the daemon right after a write.
     let args = ["--fsync", "always"];
     let d = Daemon::start(port, &dir, &args);
@@ -200,7 +200,7 @@ fn value_for(i: usize) -> Vec<u8> {
 fn data_set_larger_than_memory_is_fully_readable() {
     let tmp = tempdir();
     let dir = tmp.path().join("data");
-    let port = 21425;
+    let port = common::free_port();
     let n = 3000; // ~6 MB of values with -m 2
     let args = ["-m", "2", "--fsync", "no"];
     let d = Daemon::start(port, &dir, &args);
@@ -279,7 +279,7 @@ fn deletes_are_never_resurrected_by_read_through() {
     // deleted and rewritten. A delete must never be undone by an older disk copy.
     let tmp = tempdir();
     let dir = tmp.path().join("data");
-    let port = 21426;
+    let port = common::free_port();
     let d = Daemon::start(port, &dir, &["-m", "1", "--fsync", "everysec"]);
     let mut c = d.client();
     let big = vec![b'z'; 4000];
@@ -310,8 +310,8 @@ fn deletes_are_never_resurrected_by_read_through() {
 fn second_daemon_on_the_same_directory_refuses() {
     let tmp = tempdir();
     let dir = tmp.path().join("data");
-    let d = Daemon::start(21427, &dir, &[]);
-    let log = run_expect_failure(21428, &dir, &[]);
+    let d = Daemon::start(common::free_port(), &dir, &[]);
+    let log = run_expect_failure(common::free_port(), &dir, &[]);
     assert!(
         log.contains("is in use by another memtwin process")
             && log.contains(&*dir.to_string_lossy()),
@@ -327,7 +327,7 @@ fn second_daemon_on_the_same_directory_refuses() {
 #[test]
 fn damaged_or_unusable_directories_are_refused_not_wiped() {
     let tmp = tempdir();
-    let port = 21429;
+    let port = common::free_port();
 
     // A regular file where the directory should be.
     let file = tmp.path().join("not-a-dir");
@@ -420,7 +420,7 @@ fn damaged_or_unusable_directories_are_refused_not_wiped() {
 fn graceful_shutdown_drains_the_queue() {
     let tmp = tempdir();
     let dir = tmp.path().join("data");
-    let port = 21421;
+    let port = common::free_port();
     let d = Daemon::start(port, &dir, &["--fsync", "no"]);
     let mut c = d.client();
     // noreply writes: the daemon accepts them faster than anything is synced.

@@ -84,13 +84,8 @@ impl BinarySession {
     /// Handle every complete request in `input`, appending replies to `out`.
     pub fn process(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Flow {
         loop {
-            if self.swallow > 0 {
-                let n = self.swallow.min(input.len());
-                input.advance(n);
-                self.swallow -= n;
-                if self.swallow > 0 {
-                    return Flow::NeedInput;
-                }
+            if super::swallow(&mut self.swallow, input) {
+                return Flow::NeedInput;
             }
             let Some(&magic) = input.first() else {
                 return Flow::NeedInput;

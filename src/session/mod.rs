@@ -66,6 +66,20 @@ impl Shared {
     }
 }
 
+/// Discard up to `pending` bytes of a rejected data block from `input`.
+/// Returns true while more remain to be discarded (the session needs more input).
+/// Swallowed bytes are never buffered, so a huge rejected value costs no memory.
+pub(crate) fn swallow(pending: &mut usize, input: &mut bytes::BytesMut) -> bool {
+    use bytes::Buf;
+    if *pending == 0 {
+        return false;
+    }
+    let n = (*pending).min(input.len());
+    input.advance(n);
+    *pending -= n;
+    *pending > 0
+}
+
 /// What the server should do after a session processed its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {

@@ -34,16 +34,11 @@ impl TextSession {
         std::mem::take(&mut self.mutated)
     }
 
-    /// Bytes of input the session needs before it can make progress (to size reads).
+    /// Handle every complete request in `input`, appending replies to `out`.
     pub fn process(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Flow {
         loop {
-            if self.swallow > 0 {
-                let n = self.swallow.min(input.len());
-                input.advance(n);
-                self.swallow -= n;
-                if self.swallow > 0 {
-                    return Flow::NeedInput;
-                }
+            if super::swallow(&mut self.swallow, input) {
+                return Flow::NeedInput;
             }
             if input.is_empty() {
                 return Flow::NeedInput;

@@ -2,8 +2,9 @@
 //! binary on a data directory, talk the text protocol to it, stop it gently
 //! (SIGTERM) or brutally (SIGKILL).
 //!
-//! Ports: every test uses its own fixed port in 21420-21439, so tests in one
-//! binary can run in parallel and nothing collides with other builders.
+//! Ports: every daemon gets a port the kernel just handed out as free
+//! ([`free_port`]), so tests in one binary run in parallel and never collide
+//! with anything else listening on the machine (fixed ports once did).
 
 #![allow(dead_code)]
 
@@ -15,6 +16,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_memtwin");
+
+/// A loopback port that was free a moment ago (ephemeral range, so it does not
+/// collide with servers on fixed ports). A test keeps using it across restarts.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
 
 /// A running daemon.
 pub struct Daemon {
