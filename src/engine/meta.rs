@@ -265,13 +265,13 @@ impl Engine {
             None => (Change::Keep, MetaGetOutcome::Miss),
             Some(it) => {
                 let item = match prior {
-                    Some(p) if p.cas == it.cas => p,
+                    Some(p) if p.cas == it.cas() => p,
                     _ => ItemView::of(it),
                 };
                 let token_sent = it.has(Bits::WIN_SENT);
                 let stale = it.has(Bits::STALE);
-                let mut ttl = TtlTrace::flat(it.exptime);
-                let mut exptime = it.exptime;
+                let mut ttl = TtlTrace::flat(it.exptime());
+                let mut exptime = it.exptime();
                 let mut touched = false;
                 let mut win = false;
                 for (i, step) in cmd.steps.iter().take(MAX_STEPS).enumerate() {
@@ -372,7 +372,7 @@ impl Engine {
         let res = self.store.modify(cmd.key, self.now(), |old| match old {
             None => (Change::Keep, MetaDeleteOutcome::NotFound),
             Some(it) => {
-                if cmd.compare_cas.is_some_and(|c| c != it.cas) {
+                if cmd.compare_cas.is_some_and(|c| c != it.cas()) {
                     return (Change::Keep, MetaDeleteOutcome::Exists);
                 }
                 if !cmd.invalidate {
@@ -452,7 +452,7 @@ impl Engine {
             },
             Some(it) => match self.delta_state(it, &delta) {
                 Ok((mut state, value, in_place)) => {
-                    let (ttl, exptime) = walk(it.exptime, false);
+                    let (ttl, exptime) = walk(it.exptime(), false);
                     // memcached applies `T` to the item it modified in place; a
                     // number that grew went into a new item, and the TTL change
                     // lands on the replaced one: shown in the reply, not kept.

@@ -375,39 +375,39 @@ impl Engine {
             },
             (StoreMode::Set | StoreMode::Replace, Some(it)) if cmd.compare_cas.is_some() => {
                 let want = cmd.compare_cas.unwrap_or(0);
-                if want == it.cas && want != 0 {
+                if want == it.cas() && want != 0 {
                     (cmd.value.clone(), cmd.flags, exptime)
-                } else if cmd.invalidate && want != 0 && want < it.cas {
+                } else if cmd.invalidate && want != 0 && want < it.cas() {
                     // Meta `ms I C<older cas>`: a late writer's value is accepted but
                     // stays stale; TTL and an already handed-out win token are kept.
                     bits |= Bits::STALE | (it.bits() & Bits::WIN_SENT);
-                    (cmd.value.clone(), cmd.flags, it.exptime)
+                    (cmd.value.clone(), cmd.flags, it.exptime())
                 } else {
                     return keep(StoreOutcome::Exists);
                 }
             }
             (StoreMode::Append | StoreMode::Prepend, Some(it)) => {
                 if let Some(want) = cmd.compare_cas {
-                    if want != 0 && want != it.cas {
+                    if want != 0 && want != it.cas() {
                         return keep(StoreOutcome::Exists);
                     }
                 }
                 // memcached cannot allocate the combined item: NOT_STORED, item kept.
-                if !self.fits(cmd.key.len(), it.value.len() + cmd.value.len()) {
+                if !self.fits(cmd.key.len(), it.value().len() + cmd.value.len()) {
                     return keep(StoreOutcome::NotStored);
                 }
-                let mut v = BytesMut::with_capacity(it.value.len() + cmd.value.len());
+                let mut v = BytesMut::with_capacity(it.value().len() + cmd.value.len());
                 if cmd.mode == StoreMode::Append {
-                    v.extend_from_slice(&it.value);
+                    v.extend_from_slice(it.value());
                     v.extend_from_slice(&cmd.value);
                 } else {
                     v.extend_from_slice(&cmd.value);
-                    v.extend_from_slice(&it.value);
+                    v.extend_from_slice(it.value());
                 }
                 // Appends keep the old flags and TTL. Like memcached, which builds a
                 // new item, they drop the meta state: stale, win token, binary key.
                 bits = 0;
-                (v.freeze(), it.flags, it.exptime)
+                (v.freeze(), it.flags(), it.exptime())
             }
             (_, _) => (cmd.value.clone(), cmd.flags, exptime),
         };
@@ -445,7 +445,7 @@ impl Engine {
         let res = self.store.modify(key, self.now(), |old| match old {
             None => (Change::Keep, DeleteOutcome::NotFound),
             Some(it) => match compare_cas {
-                Some(c) if c != 0 && c != it.cas => (Change::Keep, DeleteOutcome::Exists),
+                Some(c) if c != 0 && c != it.cas() => (Change::Keep, DeleteOutcome::Exists),
                 _ => (Change::Remove, DeleteOutcome::Deleted),
             },
         });
@@ -546,21 +546,21 @@ impl Engine {
         cmd: &DeltaCmd<'_>,
     ) -> Result<(ItemState, u64, bool), DeltaOutcome> {
         // memcached refuses an empty value before it looks at the CAS.
-        if it.value.is_empty() {
+        if it.value().is_empty() {
             return Err(DeltaOutcome::NonNumeric);
         }
         if let Some(want) = cmd.compare_cas {
-            if want != 0 && want != it.cas {
+            if want != 0 && want != it.cas() {
                 return Err(DeltaOutcome::Exists);
             }
         }
-        let n = numeric::parse_stored(&it.value).ok_or(DeltaOutcome::NonNumeric)?;
+        let n = numeric::parse_stored(it.value()).ok_or(DeltaOutcome::NonNumeric)?;
         let n = numeric::apply_delta(n, cmd.delta, cmd.incr);
-        let value = numeric::render(n, it.value.len());
+        let value = numeric::render(n, it.value().len());
         // memcached rewrites a number that still fits in place, keeping the item's
         // meta state (stale, win token, binary key); a longer one goes into a new
         // item, which starts without it.
-        let in_place = value.len() <= it.value.len();
+        let in_place = value.len() <= it.value().len();
         let bits = if in_place {
             it.bits() & Bits::LOGICAL
         } else {
@@ -570,8 +570,8 @@ impl Engine {
         Ok((
             ItemState {
                 value: Bytes::from(value),
-                flags: it.flags,
-                exptime: it.exptime,
+                flags: it.flags(),
+                exptime: it.exptime(),
                 cas,
                 bits,
             },

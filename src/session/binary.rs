@@ -204,8 +204,8 @@ impl BinarySession {
                 } else {
                     // Encoded straight from the table: no copy of the item.
                     e.get_with(key, |it| {
-                        let flags = it.flags.to_be_bytes();
-                        put_response(out, to, Status::Success, it.cas, &flags, rkey, &it.value)
+                        let flags = it.flags().to_be_bytes();
+                        put_response(out, to, Status::Success, it.cas(), &flags, rkey, it.value())
                     })
                 };
                 match hit {

@@ -99,9 +99,9 @@ impl TextSession {
                                 text::put_value(
                                     out,
                                     key,
-                                    it.flags,
-                                    &it.value,
-                                    cas.then_some(it.cas),
+                                    it.flags(),
+                                    it.value(),
+                                    cas.then_some(it.cas()),
                                 )
                             });
                         }

@@ -1,12 +1,16 @@
 //! The in-memory table.
 //!
-//! A sharded hash map ([`dashmap`], seeded SipHash: keys are attacker-chosen)
-//! from key to [`Item`], plus what dashmap does not give:
+//! A sharded hash table ([`dashmap`] through its raw API, seeded SipHash: keys
+//! are attacker-chosen) of compact [`Item`]s (header, key and value in one
+//! allocation; the item is its own key, so the index holds one pointer per
+//! item), plus what dashmap does not give:
 //!
 //! * **memory accounting**: every item is charged `key + value + ITEM_OVERHEAD`
-//!   bytes against the `-m` limit in one atomic counter;
-//! * **eviction**: an approximate LRU (CLOCK): a lock-free FIFO of keys, where an
-//!   item read since it was last examined gets a second chance;
+//!   bytes (what it really costs: its block, allocator slack and index slot)
+//!   against the `-m` limit in one atomic counter;
+//! * **eviction**: an approximate LRU (CLOCK): a hand walks the buckets of each
+//!   shard in turn; an item written or read since the hand last passed gets a
+//!   second chance. No queue, so no memory per item beyond the index;
 //! * **expiry**: lazy on access, plus [`Store::reap`] called by housekeeping;
 //! * **logical `flush_all`**: a [`FlushSpec`] compared on access, never a scan.
 //!
@@ -43,28 +47,37 @@
 
 mod backing;
 mod item;
+mod table;
 
 pub use backing::{Backing, BackingError, Persisted};
-pub use item::{Bits, Item, ItemView};
+pub use item::{Bits, Item, ItemView, INLINE_MAX};
 
 use crate::mutation::{FlushSpec, ItemState, Mutation, MutationStream, Op};
 use crate::stats::Stats;
 use bytes::Bytes;
-use crossbeam_queue::SegQueue;
-use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use item::NewItem;
 use std::collections::hash_map::RandomState;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use table::{Edit, Sweep, Table};
 
 /// How many dirty items (not yet applied by the backing) one eviction pass may
 /// skip before giving up; the next write tries again.
 const DIRTY_SKIP_LIMIT: usize = 64;
 
-/// Bytes charged per item on top of key and value: the `Item` struct, the key's
-/// `Bytes` handle, the hash-table slot and control bytes at typical load, the
-/// eviction-queue entry, and allocator headers for key and value.
-pub const ITEM_OVERHEAD: usize = 160;
+/// Buckets one step of the eviction or reaper hand examines under a shard's
+/// write lock (a few microseconds of lock hold).
+const SWEEP_STEP: usize = 128;
+
+/// Bytes charged per item on top of key and value: the 40-byte header, the
+/// allocator's chunk header and rounding (~16), and the index slot (an
+/// 8-byte pointer and a control byte, at 45-87 % load).
+pub const ITEM_OVERHEAD: usize = 72;
+
+/// Extra charge of a value kept outside the item block (above [`INLINE_MAX`]):
+/// its `Bytes` handle and the second allocation's header.
+const EXTERNAL_OVERHEAD: usize = 48;
 
 /// Why a write was refused by the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -87,17 +100,6 @@ pub enum Change {
     Rewrite(ItemState),
     /// Delete the key (a client delete).
     Remove,
-}
-
-/// What [`Store::apply_occupied`] did.
-struct Applied<R> {
-    r: R,
-    /// Sequence number of the published mutation (0 when nothing changed).
-    seq: u64,
-    /// The entry must be unlinked (already accounted and published).
-    remove: bool,
-    /// The key got a new eviction-queue identity.
-    new_key: bool,
 }
 
 /// Result of a read.
@@ -125,6 +127,15 @@ pub enum Missed {
 enum Dead {
     Expired,
     Flushed,
+}
+
+impl From<Dead> for Missed {
+    fn from(d: Dead) -> Self {
+        match d {
+            Dead::Expired => Missed::Expired,
+            Dead::Flushed => Missed::Flushed,
+        }
+    }
 }
 
 /// What a read-through found.
@@ -155,13 +166,44 @@ pub struct StoreConfig {
     pub use_cas: bool,
 }
 
+/// A hand walking the table shard by shard, bucket by bucket (eviction's
+/// CLOCK hand, and the reaper's). Updated without a lock: two threads racing
+/// on it examine a few buckets twice, which is harmless.
+struct Hand {
+    shard: AtomicUsize,
+    at: Box<[AtomicUsize]>,
+}
+
+impl Hand {
+    fn new(shards: usize) -> Self {
+        Hand {
+            shard: AtomicUsize::new(0),
+            at: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    /// Where to look next: (shard, bucket).
+    fn position(&self) -> (usize, usize) {
+        let s = self.shard.load(Ordering::Relaxed) % self.at.len().max(1);
+        (s, self.at[s].load(Ordering::Relaxed))
+    }
+
+    fn advance(&self, shard: usize, next: usize, wrapped: bool) {
+        self.at[shard].store(next, Ordering::Relaxed);
+        if wrapped {
+            self.shard
+                .store((shard + 1) % self.at.len().max(1), Ordering::Relaxed);
+        }
+    }
+}
+
 pub struct Store {
-    map: DashMap<Bytes, Item, RandomState>,
+    table: Table,
     used: AtomicUsize,
     cfg: StoreConfig,
     limit: AtomicUsize,
-    queue: SegQueue<(Bytes, u64)>,
-    next_qid: AtomicU64,
+    evict_hand: Hand,
+    reap_hand: Hand,
     cas: AtomicU64,
     flush_at: AtomicU32,
     flush_seq: AtomicU64,
@@ -179,7 +221,7 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("items", &self.map.len())
+            .field("items", &self.table.len())
             .field("used", &self.used())
             .finish()
     }
@@ -194,20 +236,36 @@ fn split(change: Change) -> Result<(ItemState, Op, bool), Change> {
     }
 }
 
+/// Bytes charged against `-m` for an item with this key and value length.
 #[inline]
-fn charge(key: &[u8], value: &[u8]) -> usize {
-    key.len() + value.len() + ITEM_OVERHEAD
+pub fn charge(key_len: usize, value_len: usize) -> usize {
+    let external = if value_len > INLINE_MAX {
+        EXTERNAL_OVERHEAD
+    } else {
+        0
+    };
+    key_len + value_len + ITEM_OVERHEAD + external
 }
+
+#[inline]
+fn charge_of(item: &Item) -> usize {
+    charge(item.key().len(), item.value().len())
+}
+
+/// What [`Store::modify`] returns from under the lock.
+type Modified<R> = Result<(R, u64), StoreError>;
 
 impl Store {
     pub fn new(cfg: StoreConfig, stream: Arc<MutationStream>, stats: Arc<Stats>) -> Self {
+        let table = Table::new();
+        let shards = table.shard_count();
         Store {
-            map: DashMap::with_hasher(RandomState::new()),
+            table,
             used: AtomicUsize::new(0),
             limit: AtomicUsize::new(cfg.limit),
             cfg,
-            queue: SegQueue::new(),
-            next_qid: AtomicU64::new(1),
+            evict_hand: Hand::new(shards),
+            reap_hand: Hand::new(shards),
             cas: AtomicU64::new(0),
             flush_at: AtomicU32::new(0),
             flush_seq: AtomicU64::new(0),
@@ -269,11 +327,11 @@ impl Store {
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.table.len() == 0
     }
 
     pub fn use_cas(&self) -> bool {
@@ -305,14 +363,15 @@ impl Store {
 
     #[inline]
     fn dead(&self, item: &Item, now: u32) -> Option<Dead> {
-        if item.exptime != 0 && item.exptime <= now {
+        let exptime = item.exptime();
+        if exptime != 0 && exptime <= now {
             return Some(Dead::Expired);
         }
-        if item.seq <= self.flush_seq.load(Ordering::Acquire) {
+        if item.seq() <= self.flush_seq.load(Ordering::Acquire) {
             return Some(Dead::Flushed);
         }
         let at = self.flush_at.load(Ordering::Acquire);
-        if at != 0 && at <= now && item.stored_at < at {
+        if at != 0 && at <= now && item.stored_at() < at {
             return Some(Dead::Flushed);
         }
         None
@@ -341,24 +400,30 @@ impl Store {
         bump: bool,
         f: impl FnOnce(&Item) -> R,
     ) -> Result<R, Missed> {
-        let dead = match self.map.get(key) {
-            None => return self.read_through(key, now, bump, f),
-            Some(item) => match self.dead(&item, now) {
+        let mut f = Some(f);
+        let found = self.table.read(key, |cur| {
+            let item = cur?;
+            Some(match self.dead(item, now) {
                 None => {
-                    let r = f(&item);
+                    let f = f.take()?;
+                    let r = f(item);
                     if bump {
                         item.mark_accessed(now, true);
                     }
-                    return Ok(r);
+                    Ok(r)
                 }
-                Some(d) => d,
-            },
-        };
-        self.reclaim(key, now);
-        Err(match dead {
-            Dead::Expired => Missed::Expired,
-            Dead::Flushed => Missed::Flushed,
-        })
+                Some(d) => Err(d),
+            })
+        });
+        match (found, f) {
+            (Some(Ok(r)), _) => Ok(r),
+            (Some(Err(dead)), _) => {
+                self.reclaim(key, now);
+                Err(dead.into())
+            }
+            (None, Some(f)) => self.read_through(key, now, bump, f),
+            (None, None) => Err(Missed::Miss),
+        }
     }
 
     /// A miss in RAM: with a backing that RAM does not fully cover, look the
@@ -373,44 +438,48 @@ impl Store {
         if !self.reads_through() {
             return Err(Missed::Miss);
         }
-        let vac = match self.map.entry(Bytes::copy_from_slice(key)) {
+        let mut cached = false;
+        let (res, displaced) = self.table.update(key, |cur| match cur {
             // Inserted since our lookup: an ordinary read sees it.
-            Entry::Occupied(occ) => {
-                drop(occ);
-                return match self.map.get(key) {
-                    Some(item) if self.dead(&item, now).is_none() => {
-                        let r = f(&item);
-                        if bump {
-                            item.mark_accessed(now, true);
-                        }
-                        Ok(r)
+            Some(item) => match self.dead(item, now) {
+                None => {
+                    let r = f(item);
+                    if bump {
+                        item.mark_accessed(now, true);
                     }
-                    _ => Err(Missed::Miss),
-                };
-            }
-            Entry::Vacant(vac) => vac,
-        };
-        match self.fetch_persisted(vac.key(), now) {
-            Fetched::Absent => Err(Missed::Miss),
-            Fetched::Dead(Dead::Expired) => Err(Missed::Expired),
-            Fetched::Dead(Dead::Flushed) => Err(Missed::Flushed),
-            Fetched::Live(item) => {
-                let r = f(&item);
-                if bump {
-                    item.mark_accessed(now, true);
+                    (Edit::Keep, Ok(r))
                 }
-                if self.cache_vacant(vac, item) {
-                    self.evict_if_needed(now);
+                Some(_) => (Edit::Keep, Err(Missed::Miss)),
+            },
+            None => match self.fetch_persisted(key, now) {
+                Fetched::Absent => (Edit::Keep, Err(Missed::Miss)),
+                Fetched::Dead(d) => (Edit::Keep, Err(d.into())),
+                Fetched::Live(item) => {
+                    let r = f(&item);
+                    if bump {
+                        item.mark_accessed(now, true);
+                    }
+                    // With `-M` and a full cache it is served but not cached.
+                    if self.reserve(charge_of(&item), 0).is_ok() {
+                        cached = true;
+                        (Edit::Put(item), Ok(r))
+                    } else {
+                        (Edit::Keep, Ok(r))
+                    }
                 }
-                Ok(r)
-            }
+            },
+        });
+        drop(displaced);
+        if cached {
+            self.evict_if_needed(now);
         }
+        res
     }
 
     /// Under the key's shard lock, with the key absent from RAM: its live
     /// persisted version, if any. A dead one is reported (and an `Expire` is
     /// published so the writer purges it).
-    fn fetch_persisted(&self, key: &Bytes, now: u32) -> Fetched {
+    fn fetch_persisted(&self, key: &[u8], now: u32) -> Fetched {
         if !self.reads_through() {
             return Fetched::Absent;
         }
@@ -434,9 +503,13 @@ impl Store {
                 return Fetched::Absent;
             }
         };
-        let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
-        let mut item = Item::new(p.state, p.seq, now, qid);
-        item.stored_at = p.stored_at;
+        let item = Item::new(NewItem {
+            key,
+            state: p.state,
+            seq: p.seq,
+            now,
+            stored_at: p.stored_at,
+        });
         match self.dead(&item, now) {
             None => Fetched::Live(item),
             Some(d) => {
@@ -446,34 +519,17 @@ impl Store {
         }
     }
 
-    /// Insert an item read through from the backing into its vacant slot, if
-    /// memory allows (with `-M` and a full cache it is served but not cached).
-    /// Returns whether it was inserted (the caller then runs eviction, after
-    /// the slot's lock is released).
-    fn cache_vacant(
-        &self,
-        vac: dashmap::mapref::entry::VacantEntry<'_, Bytes, Item>,
-        item: Item,
-    ) -> bool {
-        if self.reserve(charge(vac.key(), &item.value), 0).is_err() {
-            return false;
-        }
-        let entry = (vac.key().clone(), item.qid);
-        drop(vac.insert(item));
-        self.queue.push(entry);
-        true
-    }
-
     /// Remove `key` if it is dead, publishing an `Expire` record.
     fn reclaim(&self, key: &[u8], now: u32) {
-        if let Some((k, item)) = self.map.remove_if(key, |k, it| {
-            let dead = self.dead(it, now).is_some();
-            if dead {
-                self.removed(k, Op::Expire);
+        let ((), gone) = self.table.update(key, |cur| match cur {
+            Some(item) if self.dead(item, now).is_some() => {
+                self.removed(key, Op::Expire);
+                self.uncharge(item);
+                (Edit::Remove, ())
             }
-            dead
-        }) {
-            self.uncharge(&k, &item);
+            _ => (Edit::Keep, ()),
+        });
+        if let Some(item) = gone {
             self.stats.bump(|c| &c.reclaimed);
             if !item.has(Bits::FETCHED) {
                 self.stats.bump(|c| &c.expired_unfetched);
@@ -484,25 +540,24 @@ impl Store {
     /// Publish why `key` leaves the table. Must be called with the key's shard
     /// lock held, before the entry is removed, so the record takes its place in
     /// per-key order and a concurrent read-through sees the removal as unsettled.
-    fn removed(&self, key: &Bytes, op: Op) -> u64 {
+    fn removed(&self, key: &[u8], op: Op) -> u64 {
         let seq = self.stream.publish(|seq| Mutation {
             seq,
             op,
-            key: key.clone(),
+            key: Bytes::copy_from_slice(key),
             item: None,
             stored_at: 0,
             flush: None,
         });
         if matches!(op, Op::Delete | Op::Expire) && self.backing.get().is_some() {
-            self.unsettled.insert(key.clone(), seq);
+            self.unsettled.insert(Bytes::copy_from_slice(key), seq);
         }
         seq
     }
 
-    /// Give back the memory of an item that left the table.
-    fn uncharge(&self, key: &Bytes, item: &Item) {
-        self.used
-            .fetch_sub(charge(key, &item.value), Ordering::Relaxed);
+    /// Give back the memory of an item that leaves the table.
+    fn uncharge(&self, item: &Item) {
+        self.used.fetch_sub(charge_of(item), Ordering::Relaxed);
     }
 
     /// Forget unsettled removals the backing has applied (housekeeping).
@@ -516,193 +571,146 @@ impl Store {
     /// Run `f` on the key's current live item (or `None`) under the shard lock and
     /// apply the [`Change`] it returns. Returns `f`'s result and the sequence
     /// number of the published mutation (0 when nothing changed).
+    ///
+    /// One hash, one write lock, and no allocation besides the new item (whose
+    /// block holds the key). A key absent from RAM is looked up in the backing
+    /// (read-through) while its slot is locked.
     pub fn modify<R>(
         &self,
         key: &[u8],
         now: u32,
         f: impl FnOnce(Option<&Item>) -> (Change, R),
     ) -> Result<(R, u64), StoreError> {
-        // Fast path for a key that exists (overwrites, deletes, touches, incr: the
-        // common case for a session store): look it up by the borrowed key, so no
-        // key is allocated, hash once, and decide under the shard's write lock.
-        let mut f = Some(f);
-        let mut decided = None;
-        let removed = self.map.remove_if_mut(key, |k, item| {
-            let Some(f) = f.take() else { return false };
-            let res = self.apply_occupied(k, item, now, f);
-            let remove = matches!(res, Ok(Applied { remove: true, .. }));
-            decided = Some(res);
-            remove
+        let (res, displaced) = self.table.update(key, |cur| match cur {
+            Some(item) => self.apply_occupied(key, item, now, f),
+            None => self.apply_absent(key, now, f),
         });
-        // The removed key and item are freed here, outside the lock.
-        drop(removed);
-        let applied = match (decided, f) {
-            (Some(res), _) => res?,
-            // Absent from RAM (or removed by someone else in between).
-            (None, Some(f)) => self.modify_absent(key, now, f)?,
-            (None, None) => unreachable!("the closure ran but decided nothing"),
-        };
-        if applied.new_key {
-            self.tidy_queue();
-        }
+        // The replaced or removed item is freed here, outside the lock.
+        drop(displaced);
+        let done = res?;
         self.evict_if_needed(now);
-        Ok((applied.r, applied.seq))
-    }
-
-    /// [`Store::modify`] for a key the fast path did not find: the entry API,
-    /// which needs an owned key because it may insert one, and which looks at the
-    /// backing (read-through) while the key's slot is locked.
-    fn modify_absent<R>(
-        &self,
-        key: &[u8],
-        now: u32,
-        f: impl FnOnce(Option<&Item>) -> (Change, R),
-    ) -> Result<Applied<R>, StoreError> {
-        let done = |r, seq, new_key| Applied {
-            r,
-            seq,
-            remove: false,
-            new_key,
-        };
-        Ok(match self.map.entry(Bytes::copy_from_slice(key)) {
-            // Rare: the key appeared since the fast path looked.
-            Entry::Occupied(mut occ) => {
-                let k = occ.key().clone();
-                let applied = self.apply_occupied(&k, occ.get_mut(), now, f)?;
-                if applied.remove {
-                    occ.remove_entry();
-                }
-                applied
-            }
-            Entry::Vacant(vac) => match self.fetch_persisted(vac.key(), now) {
-                // Only on disk: the command sees it exactly as if it were in RAM.
-                Fetched::Live(disk) => {
-                    let (change, r) = f(Some(&disk));
-                    match split(change) {
-                        Err(Change::Remove) => {
-                            let seq = self.removed(vac.key(), Op::Delete);
-                            done(r, seq, false)
-                        }
-                        Err(_keep) => {
-                            let new_key = self.cache_vacant(vac, disk);
-                            done(r, 0, new_key)
-                        }
-                        Ok((state, op, in_place)) => {
-                            self.reserve(charge(vac.key(), &state.value), 0)?;
-                            let stored_at = if op == Op::Touch { disk.stored_at } else { now };
-                            let seq = self.publish_put(vac.key(), &state, op, stored_at);
-                            let mut item = Item::new(state, seq, now, disk.qid);
-                            item.stored_at = stored_at;
-                            if op == Op::Touch || in_place {
-                                item.mark_accessed(now, disk.has(Bits::FETCHED));
-                            }
-                            let key = vac.key().clone();
-                            drop(vac.insert(item));
-                            self.queue.push((key, disk.qid));
-                            done(r, seq, true)
-                        }
-                    }
-                }
-                Fetched::Dead(_) | Fetched::Absent => {
-                    let (change, r) = f(None);
-                    match split(change) {
-                        Err(_) => done(r, 0, false),
-                        Ok((state, op, _)) => {
-                            self.reserve(charge(vac.key(), &state.value), 0)?;
-                            let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
-                            let seq = self.publish_put(vac.key(), &state, op, now);
-                            let key = vac.key().clone();
-                            drop(vac.insert(Item::new(state, seq, now, qid)));
-                            self.queue.push((key, qid));
-                            done(r, seq, true)
-                        }
-                    }
-                }
-            },
-        })
+        Ok(done)
     }
 
     /// Run `f` on the item stored at `key` (live, or dead and so shown as `None`)
-    /// and apply its decision in place, under the shard lock the caller holds.
-    /// A removal is accounted and published here; the caller unlinks the entry.
+    /// and decide the edit, under the shard lock the caller holds. Removals and
+    /// writes are accounted and published here.
     fn apply_occupied<R>(
         &self,
-        key: &Bytes,
-        item: &mut Item,
+        key: &[u8],
+        item: &Item,
         now: u32,
         f: impl FnOnce(Option<&Item>) -> (Change, R),
-    ) -> Result<Applied<R>, StoreError> {
+    ) -> (Edit, Modified<R>) {
         let dead = self.dead(item, now);
         let (change, r) = f(if dead.is_none() { Some(item) } else { None });
-        let done = |r, seq, remove| Applied {
-            r,
-            seq,
-            remove,
-            new_key: false,
-        };
         match split(change) {
             Err(Change::Remove) => {
-                // Published under the lock, before the caller unlinks the entry.
+                // Published under the lock, before the entry is unlinked.
                 let op = if dead.is_some() {
                     Op::Expire
                 } else {
                     Op::Delete
                 };
                 let seq = self.removed(key, op);
-                self.uncharge(key, item);
-                Ok(done(r, if dead.is_some() { 0 } else { seq }, true))
+                self.uncharge(item);
+                (Edit::Remove, Ok((r, if dead.is_some() { 0 } else { seq })))
             }
             Err(_keep) => {
-                if dead.is_some() {
-                    self.removed(key, Op::Expire);
-                    self.uncharge(key, item);
-                    self.stats.bump(|c| &c.reclaimed);
+                if dead.is_none() {
+                    return (Edit::Keep, Ok((r, 0)));
                 }
-                Ok(done(r, 0, dead.is_some()))
+                self.removed(key, Op::Expire);
+                self.uncharge(item);
+                self.stats.bump(|c| &c.reclaimed);
+                (Edit::Remove, Ok((r, 0)))
             }
             Ok((state, op, in_place)) => {
-                let old = charge(key, &item.value);
-                let new = charge(key, &state.value);
-                self.reserve(new, old)?;
-                let new_key = dead.is_some();
-                let qid = if new_key {
+                let new = charge(key.len(), state.value.len());
+                if let Err(e) = self.reserve(new, charge_of(item)) {
+                    return (Edit::Keep, Err(e));
+                }
+                if dead.is_some() {
                     self.stats.bump(|c| &c.reclaimed);
-                    self.next_qid.fetch_add(1, Ordering::Relaxed)
-                } else {
-                    item.qid
-                };
+                }
                 let stored_at = if op == Op::Touch && dead.is_none() {
-                    item.stored_at
+                    item.stored_at()
                 } else {
                     now
                 };
                 let seq = self.publish_put(key, &state, op, stored_at);
-                let mut next = Item::new(state, seq, now, qid);
-                next.stored_at = stored_at;
+                let next = Item::new(NewItem {
+                    key,
+                    state,
+                    seq,
+                    now,
+                    stored_at,
+                });
                 if (op == Op::Touch || in_place) && dead.is_none() {
-                    // A touch (or in-place rewrite) keeps the fetched bit and
-                    // recency of the old version.
+                    // A touch (or in-place rewrite) keeps the fetched bit of
+                    // the old version.
                     next.mark_accessed(now, item.has(Bits::FETCHED));
                 }
-                *item = next;
-                if new_key {
-                    self.queue.push((key.clone(), qid));
-                }
-                Ok(Applied {
-                    r,
-                    seq,
-                    remove: false,
-                    new_key,
-                })
+                (Edit::Put(next), Ok((r, seq)))
             }
         }
     }
 
-    fn publish_put(&self, key: &Bytes, state: &ItemState, op: Op, stored_at: u32) -> u64 {
+    /// [`Store::modify`] for a key not in RAM: with a backing, the command sees
+    /// the persisted version exactly as if it were in RAM.
+    fn apply_absent<R>(
+        &self,
+        key: &[u8],
+        now: u32,
+        f: impl FnOnce(Option<&Item>) -> (Change, R),
+    ) -> (Edit, Modified<R>) {
+        let disk = match self.fetch_persisted(key, now) {
+            Fetched::Live(disk) => Some(disk),
+            Fetched::Dead(_) | Fetched::Absent => None,
+        };
+        let (change, r) = f(disk.as_ref());
+        match (split(change), disk) {
+            (Err(Change::Remove), Some(_)) => {
+                let seq = self.removed(key, Op::Delete);
+                (Edit::Keep, Ok((r, seq)))
+            }
+            (Err(_), None) => (Edit::Keep, Ok((r, 0))),
+            // Read by the command and left alone: cache it, memory allowing.
+            (Err(_keep), Some(disk)) => match self.reserve(charge_of(&disk), 0) {
+                Ok(()) => (Edit::Put(disk), Ok((r, 0))),
+                Err(_) => (Edit::Keep, Ok((r, 0))),
+            },
+            (Ok((state, op, in_place)), disk) => {
+                if let Err(e) = self.reserve(charge(key.len(), state.value.len()), 0) {
+                    return (Edit::Keep, Err(e));
+                }
+                let stored_at = match &disk {
+                    Some(d) if op == Op::Touch => d.stored_at(),
+                    _ => now,
+                };
+                let seq = self.publish_put(key, &state, op, stored_at);
+                let next = Item::new(NewItem {
+                    key,
+                    state,
+                    seq,
+                    now,
+                    stored_at,
+                });
+                if let Some(d) = &disk {
+                    if op == Op::Touch || in_place {
+                        next.mark_accessed(now, d.has(Bits::FETCHED));
+                    }
+                }
+                (Edit::Put(next), Ok((r, seq)))
+            }
+        }
+    }
+
+    fn publish_put(&self, key: &[u8], state: &ItemState, op: Op, stored_at: u32) -> u64 {
         self.stream.publish(|seq| Mutation {
             seq,
             op,
-            key: key.clone(),
+            key: Bytes::copy_from_slice(key),
             item: Some(state.clone()),
             stored_at,
             flush: None,
@@ -745,127 +753,88 @@ impl Store {
     }
 
     /// Evict cold items (CLOCK) until usage is under the limit. Dead items found
-    /// on the way are reclaimed instead. Runs without holding any lock between
-    /// candidates, so it never holds two keys at once.
+    /// on the way are reclaimed instead. The hand moves [`SWEEP_STEP`] buckets
+    /// per lock acquisition, one shard at a time, so it never holds two shards.
     fn evict_if_needed(&self, now: u32) {
-        if !self.cfg.evict {
+        if !self.cfg.evict || self.used() <= self.limit() {
             return;
         }
-        let mut budget = self.queue.len() * 2 + 16;
-        let mut dirty_skips = 0;
         let backing = self.backing.get();
+        let mut dirty_skips = 0;
+        // At most about two revolutions: every item once to clear its bit, once more to evict.
+        let mut budget = self.table.len() * 2 + self.table.shard_count() * 2 * SWEEP_STEP;
+        let mut out = Vec::new();
         while self.used() > self.limit() && budget > 0 && dirty_skips < DIRTY_SKIP_LIMIT {
-            budget -= 1;
-            let Some((key, qid)) = self.queue.pop() else {
-                break;
-            };
-            let mut requeue = false;
-            let mut dead = false;
-            let removed = self.map.remove_if(&key, |k, it| {
-                if it.qid != qid {
-                    return false;
+            let (shard, at) = self.evict_hand.position();
+            let mut visited = 0;
+            let (next, wrapped) = self.table.sweep(shard, at, SWEEP_STEP, &mut out, |it| {
+                if self.used() <= self.limit() || dirty_skips >= DIRTY_SKIP_LIMIT {
+                    return Sweep::Stop;
                 }
+                visited += 1;
                 if self.dead(it, now).is_some() {
-                    dead = true;
-                    self.removed(k, Op::Expire);
-                    return true;
+                    self.removed(it.key(), Op::Expire);
+                    self.uncharge(it);
+                    self.stats.bump(|c| &c.reclaimed);
+                    return Sweep::Remove;
                 }
                 if it.take_accessed() {
-                    requeue = true;
-                    return false;
+                    return Sweep::Keep;
                 }
                 if let Some(b) = backing {
-                    if it.seq > b.applied_seq() {
+                    if it.seq() > b.applied_seq() {
                         // Its latest version is not on disk yet: evicting it
                         // now would let a read-through return an older one.
-                        requeue = true;
                         dirty_skips += 1;
-                        return false;
+                        return Sweep::Keep;
                     }
                     self.complete.store(false, Ordering::SeqCst);
                 }
-                self.removed(k, Op::Evict);
-                true
+                self.removed(it.key(), Op::Evict);
+                self.uncharge(it);
+                self.stats.bump(|c| &c.evictions);
+                if !it.has(Bits::FETCHED) {
+                    self.stats.bump(|c| &c.evicted_unfetched);
+                }
+                if it.last_access() + 60 > now {
+                    self.stats.bump(|c| &c.evicted_active);
+                }
+                Sweep::Remove
             });
-            match removed {
-                Some((k, item)) if dead => {
-                    self.uncharge(&k, &item);
-                    self.stats.bump(|c| &c.reclaimed);
-                }
-                Some((k, item)) => {
-                    self.uncharge(&k, &item);
-                    self.stats.bump(|c| &c.evictions);
-                    if !item.has(Bits::FETCHED) {
-                        self.stats.bump(|c| &c.evicted_unfetched);
-                    }
-                    if item.last_access() + 60 > now {
-                        self.stats.bump(|c| &c.evicted_active);
-                    }
-                }
-                None if requeue => self.queue.push((key, qid)),
-                None => {}
-            }
+            self.evict_hand.advance(shard, next, wrapped);
+            // Freed outside the shard lock.
+            out.clear();
+            budget = budget.saturating_sub(visited.max(1));
         }
     }
 
-    /// Drop queue entries of keys that are gone, so delete-heavy workloads do not
-    /// grow the queue without bound. Amortised: a few entries per new key.
-    fn tidy_queue(&self) {
-        if self.queue.len() <= self.map.len() * 2 + 1024 {
-            return;
-        }
-        for _ in 0..4 {
-            let Some((key, qid)) = self.queue.pop() else {
-                return;
-            };
-            let live = self.map.get(&key).is_some_and(|it| it.qid == qid);
-            if live {
-                self.queue.push((key, qid));
-            }
-        }
-    }
-
-    /// Examine up to `max` items in queue order and reclaim the dead ones.
-    /// Returns how many were reclaimed. Called by housekeeping every second.
+    /// Examine about `max` items with the reaper's own hand and reclaim the
+    /// dead ones. Returns how many were reclaimed. Called by the reaper thread.
     pub fn reap(&self, now: u32, max: usize) -> usize {
         self.settle();
         let mut reclaimed = 0;
-        for _ in 0..max.min(self.queue.len()) {
-            let Some((key, qid)) = self.queue.pop() else {
-                break;
-            };
-            // Most examined items are alive: look under the read lock first and
-            // take the write lock only to unlink a dead one.
-            let alive = match self.map.get(&key) {
-                None => continue,
-                Some(it) if it.qid != qid => continue,
-                Some(it) => self.dead(&it, now).is_none(),
-            };
-            if alive {
-                self.queue.push((key, qid));
-                continue;
-            }
-            let mut keep = false;
-            let removed = self.map.remove_if(&key, |k, it| {
-                if it.qid != qid {
-                    return false;
+        let mut examined = 0;
+        let mut steps = max / SWEEP_STEP + 2 * self.table.shard_count() + 1;
+        let mut out = Vec::new();
+        while examined < max && steps > 0 {
+            steps -= 1;
+            let (shard, at) = self.reap_hand.position();
+            let (next, wrapped) = self.table.sweep(shard, at, SWEEP_STEP, &mut out, |it| {
+                examined += 1;
+                if self.dead(it, now).is_none() {
+                    return Sweep::Keep;
                 }
-                keep = self.dead(it, now).is_none();
-                if !keep {
-                    self.removed(k, Op::Expire);
-                }
-                !keep
-            });
-            if let Some((k, item)) = removed {
-                self.uncharge(&k, &item);
+                self.removed(it.key(), Op::Expire);
+                self.uncharge(it);
                 self.stats.bump(|c| &c.reclaimed);
-                if !item.has(Bits::FETCHED) {
+                if !it.has(Bits::FETCHED) {
                     self.stats.bump(|c| &c.expired_unfetched);
                 }
-                reclaimed += 1;
-            } else if keep {
-                self.queue.push((key, qid));
-            }
+                Sweep::Remove
+            });
+            self.reap_hand.advance(shard, next, wrapped);
+            reclaimed += out.len();
+            out.clear();
         }
         reclaimed
     }
@@ -912,21 +881,23 @@ impl Store {
     pub fn load(&self, key: Bytes, state: ItemState, seq: u64, stored_at: u32, now: u32) -> bool {
         self.observe_cas(state.cas);
         self.stream.advance_to(seq);
-        let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
-        let mut item = Item::new(state, seq, now, qid);
-        item.stored_at = stored_at;
+        let item = Item::new(NewItem {
+            key: &key,
+            state,
+            seq,
+            now,
+            stored_at,
+        });
         if self.dead(&item, now).is_some() {
             return false;
         }
-        let size = charge(&key, &item.value);
-        if self.reserve(size, 0).is_err() {
+        if self.reserve(charge_of(&item), 0).is_err() {
             return false;
         }
-        if let Some(old) = self.map.insert(key.clone(), item) {
-            self.used
-                .fetch_sub(charge(&key, &old.value), Ordering::Relaxed);
+        let ((), old) = self.table.update(&key, |_| (Edit::Put(item), ()));
+        if let Some(old) = old {
+            self.uncharge(&old);
         }
-        self.queue.push((key, qid));
         self.evict_if_needed(now);
         true
     }
@@ -936,34 +907,38 @@ impl Store {
     /// store stops being `complete`). The caller restores the CAS counter and
     /// the stream's sequence number once, after loading.
     pub fn warm(&self, key: Bytes, p: Persisted, now: u32) -> Warm {
-        let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
-        let mut item = Item::new(p.state, p.seq, now, qid);
-        item.stored_at = p.stored_at;
+        let item = Item::new(NewItem {
+            key: &key,
+            state: p.state,
+            seq: p.seq,
+            now,
+            stored_at: p.stored_at,
+        });
         if self.dead(&item, now).is_some() {
             return Warm::Dead;
         }
-        let size = charge(&key, &item.value);
+        let size = charge_of(&item);
         if self.used() + size > self.limit() {
             self.complete.store(false, Ordering::SeqCst);
             return Warm::NoRoom;
         }
         self.used.fetch_add(size, Ordering::Relaxed);
-        if let Some(old) = self.map.insert(key.clone(), item) {
-            self.uncharge(&key, &old);
+        let ((), old) = self.table.update(&key, |_| (Edit::Put(item), ()));
+        if let Some(old) = old {
+            self.uncharge(&old);
         }
-        self.queue.push((key, qid));
         Warm::Loaded
     }
 
     /// Visit every live item in RAM (for snapshots). Items only on disk are not
     /// visited. Holds one shard's read lock at a time; `f` must not call back
     /// into the store.
-    pub fn for_each_live(&self, now: u32, mut f: impl FnMut(&Bytes, &Item)) {
-        for r in self.map.iter() {
-            if self.dead(r.value(), now).is_none() {
-                f(r.key(), r.value());
+    pub fn for_each_live(&self, now: u32, mut f: impl FnMut(&Item)) {
+        self.table.for_each(|it| {
+            if self.dead(it, now).is_none() {
+                f(it)
             }
-        }
+        });
     }
 }
 
@@ -1027,25 +1002,58 @@ mod tests {
 
     #[test]
     fn eviction_keeps_usage_under_limit_and_prefers_recently_read() {
-        let item = charge(b"k000", &[0u8; 100]);
+        let item = charge(4, 100);
         let s = store(item * 10, true);
         let v = "x".repeat(100);
         for i in 0..10 {
             put(&s, &format!("k{i:03}"), &v, 0, NOW).expect("put");
         }
         assert_eq!(s.used(), item * 10);
-        // Read k000 so it gets a second chance; the next insert evicts k001.
-        assert!(value(&s, "k000", NOW).is_some());
+        // The first eviction clears every CLOCK bit (new items have theirs set)
+        // and evicts one item.
         put(&s, "k010", &v, 0, NOW).expect("put");
-        assert!(s.used() <= item * 10);
-        assert!(value(&s, "k000", NOW).is_some());
-        assert!(value(&s, "k001", NOW).is_none());
+        assert_eq!(s.len(), 10);
         assert_eq!(s.stats.snapshot().evictions, 1);
+        // Read five survivors: they get a second chance, the unread do not.
+        let read: Vec<String> = (0..11)
+            .map(|i| format!("k{i:03}"))
+            .filter(|k| value(&s, k, NOW).is_some())
+            .take(5)
+            .collect();
+        assert_eq!(read.len(), 5);
+        for i in 11..15 {
+            put(&s, &format!("k{i:03}"), &v, 0, NOW).expect("put");
+        }
+        assert!(s.used() <= item * 10);
+        assert_eq!(s.stats.snapshot().evictions, 5);
+        for k in &read {
+            assert!(value(&s, k, NOW).is_some(), "{k} was read and got evicted");
+        }
+        // The newest items have not been passed by the hand yet either.
+        for i in 11..15 {
+            assert!(value(&s, &format!("k{i:03}"), NOW).is_some());
+        }
+    }
+
+    #[test]
+    fn eviction_under_churn_stays_bounded_and_serves_new_items() {
+        let item = charge(8, 100);
+        let s = store(item * 500, true);
+        let v = "y".repeat(100);
+        for i in 0..20_000 {
+            put(&s, &format!("c{i:07}"), &v, 0, NOW).expect("put");
+            assert!(s.used() <= s.limit());
+        }
+        assert!(s.len() >= 490, "kept {}", s.len());
+        assert!(value(&s, "c0019999", NOW).is_some());
+        let mut sum = 0;
+        s.for_each_live(NOW, |it| sum += charge_of(it));
+        assert_eq!(sum, s.used());
     }
 
     #[test]
     fn no_evict_mode_refuses_instead() {
-        let item = charge(b"k0", b"v");
+        let item = charge(2, 1);
         let s = store(item * 2, false);
         put(&s, "k0", "v", 0, NOW).expect("put");
         put(&s, "k1", "v", 0, NOW).expect("put");
@@ -1083,9 +1091,7 @@ mod tests {
             }
             s.reap(NOW + round % 5, 10);
             let mut expect = 0;
-            for r in s.map.iter() {
-                expect += charge(r.key(), &r.value().value);
-            }
+            s.table.for_each(|it| expect += charge_of(it));
             assert_eq!(s.used(), expect, "round {round}");
             assert!(s.used() <= s.limit());
         }
@@ -1112,15 +1118,38 @@ mod tests {
     }
 
     #[test]
-    fn delete_heavy_churn_keeps_queue_bounded() {
+    fn reaper_hand_reclaims_expired_items_across_shards() {
         let s = store(1 << 30, true);
-        for i in 0..20_000 {
-            let k = format!("s{i}");
-            put(&s, &k, "v", 0, NOW).expect("put");
-            s.modify(k.as_bytes(), NOW, |_| (Change::Remove, ()))
-                .expect("rm");
+        for i in 0..5000 {
+            let exp = if i % 2 == 0 { NOW + 5 } else { 0 };
+            put(&s, &format!("r{i}"), "v", exp, NOW).expect("put");
         }
-        assert!(s.queue.len() <= 1024 + 8, "queue has {}", s.queue.len());
+        let mut reclaimed = 0;
+        for _ in 0..200 {
+            reclaimed += s.reap(NOW + 5, 100);
+        }
+        assert_eq!(reclaimed, 2500);
+        assert_eq!(s.len(), 2500);
+        let expect: usize = (1..5000)
+            .step_by(2)
+            .map(|i| charge(format!("r{i}").len(), 1))
+            .sum();
+        assert_eq!(s.used(), expect);
+        assert!(value(&s, "r1", NOW + 5).is_some());
+        assert!(value(&s, "r0", NOW + 5).is_none());
+    }
+
+    #[test]
+    fn large_values_are_charged_for_their_handle() {
+        assert_eq!(charge(10, INLINE_MAX), 10 + INLINE_MAX + ITEM_OVERHEAD);
+        assert_eq!(
+            charge(10, INLINE_MAX + 1),
+            10 + INLINE_MAX + 1 + ITEM_OVERHEAD + EXTERNAL_OVERHEAD
+        );
+        let s = store(1 << 20, true);
+        put(&s, "big", &"b".repeat(5000), 0, NOW).expect("put");
+        assert_eq!(s.used(), charge(3, 5000));
+        assert_eq!(value(&s, "big", NOW).map(|v| v.len()), Some(5000));
     }
 
     #[test]
