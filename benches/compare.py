@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -59,7 +60,8 @@ WORKLOADS = {
           ["--get-ratio", "0.9", "--value-size", "100", "--key-prefix", "key:", "--rate", "40000"]),
 }
 SERVERS = ["memcached", "memtwin", "null"]
-PORT_RANGE = range(21460, 21500)
+PORT_BASE = 21460
+PORT_RANGE = range(PORT_BASE, PORT_BASE + 40)  # replaced by --port-base
 
 
 def log(*a):
@@ -492,7 +494,12 @@ def main():
                     help="name for the reference server in the report (e.g. an older memtwin build "
                          "given as MEMCACHED_BIN for an A/B run)")
     ap.add_argument("--out", help="results directory (default target/bench-results/<time>)")
+    ap.add_argument("--port-base", type=int, default=PORT_BASE,
+                    help=f"servers get free ports in PORT_BASE..PORT_BASE+39 (default {PORT_BASE}); "
+                         "give another base when a second benchmark runs on the machine")
     opts = ap.parse_args()
+    global PORT_RANGE
+    PORT_RANGE = range(opts.port_base, opts.port_base + 40)
     q = opts.quick
     opts.reps = opts.reps or (2 if q else 5)
     opts.duration = opts.duration or (3.0 if q else 8.0)
