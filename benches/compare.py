@@ -207,7 +207,7 @@ def measure(bins, servers, target, wl, conns, opts, pinned, keys=None, tolerate=
             "cpu_us": srv["cpu_us_per_op"], "gen_cpu_us": res["gen_cpu_us_per_op"],
             "foreign_cores": round(foreign, 3), "errors": res["errors"], "timeouts": res["timeouts"],
             "hits": res["hits"], "keys_requested": res["keys_requested"], "attempts": attempt + 1,
-            "failures": res.get("failures") or [],
+            "failures": res.get("failures") or [], "idle_conns": res.get("idle_conns", 0),
         }
         if best is None or row["foreign_cores"] < best["foreign_cores"]:
             best = row
@@ -294,7 +294,7 @@ def ratio_table(results, opts):
         row["foreign"] = med([x["foreign_cores"] for x in allruns])
         row["disturbed"] = sum(1 for x in allruns if x["disturbed"])
         row["runs"] = len(allruns)
-        row["errors"] = sum(x["errors"] + x["timeouts"] for x in allruns)
+        row["errors"] = sum(x["errors"] + x["timeouts"] + x.get("idle_conns", 0) for x in allruns)
         rows.append(row)
     return rows
 
@@ -519,12 +519,13 @@ def run_scaling(opts, bins, out):
                     results.append(row)
                     with open(runs_path, "a") as f:
                         f.write(json.dumps(row) + "\n")
-                    bad = row["errors"] or row["timeouts"] or row["failures"]
+                    bad = row["errors"] or row["timeouts"] or row["failures"] or row["idle_conns"]
                     log(f"[scaling {placement} rep {rep + 1}/{opts.reps}] {series:<5} c={conns:<4} "
                         f"k={kfmt(keys):>5} {name:<9} {row['ops']:>9.0f} ops/s p99 {row['p99']:>7.0f} us  "
                         f"cpu {row['cpu_us']:>6.2f} us/op  foreign {row['foreign_cores']:.2f}"
                         + (" DISTURBED" if row["disturbed"] else "")
-                        + (f" ERR {row['errors']}/{row['timeouts']} {row['failures']}" if bad else ""))
+                        + (f" ERR {row['errors']}/{row['timeouts']} idle conns {row['idle_conns']} "
+                           f"{row['failures']}" if bad else ""))
 
             def load_to(keys):
                 # Key ids are 0..keys-1, so a larger preload covers the smaller ones.
@@ -561,6 +562,7 @@ def run_scaling(opts, bins, out):
                         run_point("conns", conns, opts.keys)
                 for keys in key_steps:
                     load_to(keys)
+                    time.sleep(min(2.0, keys / 5e6))  # let a big preload's aftermath settle
                     run_point("items", opts.scale_items_conns, keys)
             finally:
                 for s in servers.values():
@@ -595,6 +597,8 @@ def scaling_table(results, loads, opts):
         allruns = [x for srv in reps.values() for x in srv.values()]
         row["errors"] = sum(x["errors"] for x in allruns)
         row["timeouts"] = sum(x["timeouts"] for x in allruns)
+        row["idle_conns"] = {n: max((x["idle_conns"] for x in allruns if x["server"] == n), default=0)
+                             for n in opts.servers}
         row["failures"] = sorted({f"{x['server']}: {f}" for x in allruns for f in x["failures"]})
         row["disturbed"] = sum(1 for x in allruns if x["disturbed"])
         row["runs"] = len(allruns)
@@ -653,6 +657,9 @@ def scaling_markdown(rows, growth, opts):
 
     def trouble(r):
         t = f"{r['errors']} / {r['timeouts']}"
+        idle = {n: v for n, v in r["idle_conns"].items() if v}
+        if idle:
+            t += " **idle conns: " + ", ".join(f"{short[n]} {v}" for n, v in idle.items()) + "**"
         if r["failures"]:
             t += " **failed: " + "; ".join(r["failures"])[:200].replace("|", "/") + "**"
         return t
@@ -671,7 +678,7 @@ def scaling_markdown(rows, growth, opts):
             head += ("| RSS MB after preload mc / mt | RSS growth B/item mc / mt | evictions mc / mt "
                      "| preload k/s mc / mt ")
             sep += "|---|---|---|---"
-        head += "| errors / timeouts | disturbed |"
+        head += "| errors / timeouts (idle conns) | disturbed |"
         sep += "|---|---|"
         out += [title, "", head, sep]
         for r in sr:
@@ -752,7 +759,8 @@ def main():
     ap.add_argument("--placements", help="default pinned,shared (scaling: shared)")
     ap.add_argument("--servers", default=",".join(SERVERS))
     ap.add_argument("--keys", type=int, default=100_000)
-    ap.add_argument("--retries", type=int, default=2, help="reruns of a disturbed run (keep the least disturbed)")
+    ap.add_argument("--retries", type=int,
+                    help="reruns of a disturbed run (keep the least disturbed); default 2 (scaling: 1)")
     ap.add_argument("--foreign-limit", type=float, default=0.19,
                     help="foreign CPU (cores) above which a run counts as disturbed (1.5 CPU-s per 8 s)")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory-efficiency test")
@@ -784,6 +792,7 @@ def main():
     q = opts.quick
     sc = opts.scaling
     opts.reps = opts.reps or (3 if sc else 2 if q else 5)
+    opts.retries = opts.retries if opts.retries is not None else (1 if sc else 2)
     opts.duration = opts.duration or (4.0 if sc else 3.0 if q else 8.0)
     opts.warmup = opts.warmup if opts.warmup is not None else (0.5 if q else 1.0)
     opts.conns = [int(c) for c in (opts.conns or ("50" if q else "4,50,200")).split(",")]
