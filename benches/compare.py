@@ -5,6 +5,7 @@ The one command (see docs/performance.md):
 
     python3 benches/compare.py            # full: 5 reps x 8 s, 4/50/200 conns, both placements
     python3 benches/compare.py --quick    # 2 reps x 3 s, 50 conns only
+    python3 benches/compare.py --scaling  # (a) at 50..1000 conns and 100k..10M keys, 3 reps x 4 s
 
 Method (docs/performance.md, shared/reference/performance.md section 4):
   * all three servers are started fresh for each repetition, on unusual free ports
