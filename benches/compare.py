@@ -5,6 +5,7 @@ The one command (see docs/performance.md):
 
     python3 benches/compare.py            # full: 5 reps x 8 s, 4/50/200 conns, both placements
     python3 benches/compare.py --quick    # 2 reps x 3 s, 50 conns only
+    python3 benches/compare.py --scaling  # (a) at 50..1000 conns and 100k..10M keys, 3 reps x 4 s
 
 Method (docs/performance.md, shared/reference/performance.md section 4):
   * all three servers are started fresh for each repetition, on unusual free ports
@@ -31,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -59,7 +61,8 @@ WORKLOADS = {
           ["--get-ratio", "0.9", "--value-size", "100", "--key-prefix", "key:", "--rate", "40000"]),
 }
 SERVERS = ["memcached", "memtwin", "null"]
-PORT_RANGE = range(21460, 21500)
+PORT_BASE = 21460
+PORT_RANGE = range(PORT_BASE, PORT_BASE + 40)  # replaced by --port-base
 
 
 def log(*a):
@@ -161,7 +164,10 @@ def server_cmd(name, port, threads, pinned, bins, mem_mb=1024, extra=()):
 
 # ---- load generator -------------------------------------------------------------
 
-def loadgen(bins, port, args, pinned, threads, watch=(), timeout=600):
+def loadgen(bins, port, args, pinned, threads, watch=(), timeout=600, tolerate=False):
+    """Run the generator, return its JSON. With `tolerate`, a run whose workers failed
+    (connect refused, connection closed, ...) still returns its JSON (partial counts,
+    `failures` filled in) instead of raising, so the report can show the failure."""
     cmd = [bins["loadgen"], "--addr", f"127.0.0.1:{port}", "--threads", str(threads)] + list(args)
     for p in watch:
         cmd += ["--watch-pid", str(p)]
@@ -169,24 +175,29 @@ def loadgen(bins, port, args, pinned, threads, watch=(), timeout=600):
         cmd = ["taskset", "-c", "0"] + cmd
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0 or not r.stdout.strip():
+        if tolerate and r.stdout.strip().startswith("{"):
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            res["failures"] = res.get("failures") or [f"exit {r.returncode}: {r.stderr.strip()[-300:]}"]
+            return res
         raise RuntimeError(f"loadgen failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr}{r.stdout}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def preload(bins, port, keys, value_size, prefix, pinned):
-    return loadgen(bins, port, ["--preload", "--conns", "4", "--keys", str(keys),
+def preload(bins, port, keys, value_size, prefix, pinned, conns=4, threads=1):
+    return loadgen(bins, port, ["--preload", "--conns", str(conns), "--keys", str(keys),
                                 "--value-size", str(value_size), "--key-prefix", prefix],
-                   pinned, 1)
+                   pinned, threads)
 
 
-def measure(bins, servers, target, wl, conns, opts, pinned):
+def measure(bins, servers, target, wl, conns, opts, pinned, keys=None, tolerate=False):
     """One run against `target`, retried while foreign load is above the limit."""
     threads = 1 if pinned else 2
     args = WORKLOADS[wl][1] + ["--conns", str(conns), "--duration", str(opts.duration),
-                               "--warmup", str(opts.warmup), "--keys", str(opts.keys)]
+                               "--warmup", str(opts.warmup), "--keys", str(keys or opts.keys)]
     best = None
     for attempt in range(opts.retries + 1):
-        res = loadgen(bins, target.port, args, pinned, threads, watch=[s.pid for s in servers])
+        res = loadgen(bins, target.port, args, pinned, threads, watch=[s.pid for s in servers],
+                      tolerate=tolerate)
         ours = res["gen_cpu_s"] + sum(v["cpu_s"] or 0 for v in res["watched"].values())
         foreign = max(0.0, res["sys_busy_s"] - ours) / max(res["seconds"], 1e-9)
         srv = res["watched"][str(target.pid)]
@@ -197,6 +208,7 @@ def measure(bins, servers, target, wl, conns, opts, pinned):
             "cpu_us": srv["cpu_us_per_op"], "gen_cpu_us": res["gen_cpu_us_per_op"],
             "foreign_cores": round(foreign, 3), "errors": res["errors"], "timeouts": res["timeouts"],
             "hits": res["hits"], "keys_requested": res["keys_requested"], "attempts": attempt + 1,
+            "failures": res.get("failures") or [], "idle_conns": res.get("idle_conns", 0),
         }
         if best is None or row["foreign_cores"] < best["foreign_cores"]:
             best = row
@@ -283,7 +295,7 @@ def ratio_table(results, opts):
         row["foreign"] = med([x["foreign_cores"] for x in allruns])
         row["disturbed"] = sum(1 for x in allruns if x["disturbed"])
         row["runs"] = len(allruns)
-        row["errors"] = sum(x["errors"] + x["timeouts"] for x in allruns)
+        row["errors"] = sum(x["errors"] + x["timeouts"] + x.get("idle_conns", 0) for x in allruns)
         rows.append(row)
     return rows
 
@@ -441,6 +453,274 @@ def memory_markdown(rows):
     return "\n".join(out)
 
 
+# ---- scaling: connections and items ---------------------------------------------------
+
+SCALE_WL = "a"
+SCALE_MEM_MB = 4096  # 10M x 100 B items fit without eviction in both servers
+
+
+def raise_nofile(need):
+    """Raise RLIMIT_NOFILE for us and every child we start (inherited through fork/exec).
+
+    memcached raises its own limit to `-c` when started as root; memtwin's `-c` only caps
+    connections and keeps the inherited limit; the generator needs one fd per connection.
+    Returns (soft, hard) after the change."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return soft, hard
+    if hard != resource.RLIM_INFINITY and hard < need and os.geteuid() == 0:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+            return resource.getrlimit(resource.RLIMIT_NOFILE)
+        except (ValueError, OSError):
+            pass
+    new = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def server_state(s):
+    """RSS and, for the real servers, curr_items / evictions from `stats`."""
+    st = {}
+    if s.name != "null":
+        try:
+            st = stats(s.port)
+        except OSError:
+            st = {}
+    return {"rss_kb": s.rss_kb(), "items": int(st["curr_items"]) if "curr_items" in st else None,
+            "evictions": int(st["evictions"]) if "evictions" in st else None}
+
+
+def run_scaling(opts, bins, out):
+    """Workload (a) against every server, interleaved per repetition, in two series:
+    connections (opts.scale_conns at opts.keys keys) and items (50 conns, the key space
+    preloaded to each of opts.scale_keys and then used by the workload)."""
+    results, loads = [], []
+    runs_path = os.path.join(out, "scaling-runs.jsonl")
+    key_steps = sorted(opts.scale_keys)
+    for placement in opts.placements:
+        pinned = placement == "pinned"
+        threads = 1 if pinned else 2
+        for rep in range(opts.reps):
+            ports = free_ports(len(opts.servers))
+            servers = {name: Server(name, server_cmd(name, port, threads, pinned, bins,
+                                                     mem_mb=SCALE_MEM_MB), port)
+                       for name, port in zip(opts.servers, ports)}
+            order = opts.servers[rep % len(opts.servers):] + opts.servers[:rep % len(opts.servers)]
+            step = [0]
+
+            def run_point(series, conns, keys):
+                seq = order if (step[0] + rep) % 2 == 0 else list(reversed(order))
+                step[0] += 1
+                for name in seq:
+                    row = measure(bins, list(servers.values()), servers[name], SCALE_WL, conns, opts,
+                                  pinned, keys=keys, tolerate=True)
+                    row.update(placement=placement, rep=rep, series=series, conns=conns, keys=keys,
+                               server=name)
+                    results.append(row)
+                    with open(runs_path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    bad = row["errors"] or row["timeouts"] or row["failures"] or row["idle_conns"]
+                    log(f"[scaling {placement} rep {rep + 1}/{opts.reps}] {series:<5} c={conns:<4} "
+                        f"k={kfmt(keys):>5} {name:<9} {row['ops']:>9.0f} ops/s p99 {row['p99']:>7.0f} us  "
+                        f"cpu {row['cpu_us']:>6.2f} us/op  foreign {row['foreign_cores']:.2f}"
+                        + (" DISTURBED" if row["disturbed"] else "")
+                        + (f" ERR {row['errors']}/{row['timeouts']} idle conns {row['idle_conns']} "
+                           f"{row['failures']}" if bad else ""))
+
+            def load_to(keys):
+                # Key ids are 0..keys-1, so a larger preload covers the smaller ones.
+                for s in servers.values():
+                    rss0 = s.rss_kb()
+                    t0 = time.time()
+                    res = preload(bins, s.port, keys, 100, "key:", pinned,
+                                  conns=opts.preload_conns, threads=threads)
+                    secs = time.time() - t0
+                    time.sleep(0.2)
+                    st = server_state(s)
+                    rec = {"placement": placement, "rep": rep, "server": s.name, "keys": keys,
+                           "preload_s": round(secs, 2), "preload_per_s": round(keys / secs),
+                           "preload_errors": res["errors"] + res["timeouts"], "rss_before_kb": rss0,
+                           "rss_start_kb": base.get(s.name, 0),
+                           **st}
+                    loads.append(rec)
+                    with open(runs_path, "a") as f:
+                        f.write(json.dumps({"preload": rec}) + "\n")
+                    log(f"[scaling {placement} rep {rep + 1}/{opts.reps}] preload {kfmt(keys)} -> "
+                        f"{s.name}: {secs:.1f} s ({keys / secs / 1000:.0f}k/s), RSS {st['rss_kb'] / 1024:.0f} MB"
+                        + (f", items {st['items']}, evictions {st['evictions']}" if st["items"] is not None
+                           else "")
+                        + (f", ERRORS {rec['preload_errors']}" if rec["preload_errors"] else ""))
+            base = {}
+            try:
+                for s in servers.values():
+                    s.start()
+                time.sleep(0.2)
+                base.update({s.name: s.rss_kb() for s in servers.values()})
+                if opts.scale_conns:
+                    load_to(opts.keys)
+                    for conns in opts.scale_conns:
+                        run_point("conns", conns, opts.keys)
+                for keys in key_steps:
+                    load_to(keys)
+                    time.sleep(min(2.0, keys / 5e6))  # let a big preload's aftermath settle
+                    run_point("items", opts.scale_items_conns, keys)
+            finally:
+                for s in servers.values():
+                    s.stop()
+    return results, loads
+
+
+def _med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def scaling_table(results, loads, opts):
+    """Per (placement, series, conns, keys): medians per server and median of
+    per-repetition ratios memtwin/memcached."""
+    by = {}
+    for r in results:
+        by.setdefault((r["placement"], r["series"], r["conns"], r["keys"]), {}) \
+          .setdefault(r["rep"], {})[r["server"]] = r
+    rows = []
+    for (placement, series, conns, keys), reps in by.items():
+        row = {"placement": placement, "series": series, "conns": conns, "keys": keys, "n": len(reps)}
+        for k in ("ops", "p50", "p99", "p999", "cpu_us"):
+            for name in opts.servers:
+                row[f"{name}_{k}"] = _med([srv[name][k] for srv in reps.values() if name in srv])
+            row["mt_" + k] = _med([srv["memtwin"][k] / srv["memcached"][k] for srv in reps.values()
+                                   if "memtwin" in srv and "memcached" in srv and srv["memcached"][k]])
+        for name in opts.servers:
+            runs = [srv[name] for srv in reps.values() if name in srv]
+            req = sum(x["keys_requested"] for x in runs)
+            row[f"{name}_hit"] = sum(x["hits"] for x in runs) / req if req else None
+        allruns = [x for srv in reps.values() for x in srv.values()]
+        row["errors"] = sum(x["errors"] for x in allruns)
+        row["timeouts"] = sum(x["timeouts"] for x in allruns)
+        row["idle_conns"] = {n: max((x["idle_conns"] for x in allruns if x["server"] == n), default=0)
+                             for n in opts.servers}
+        row["failures"] = sorted({f"{x['server']}: {f}" for x in allruns for f in x["failures"]})
+        row["disturbed"] = sum(1 for x in allruns if x["disturbed"])
+        row["runs"] = len(allruns)
+        row["foreign"] = _med([x["foreign_cores"] for x in allruns])
+        if series == "items":
+            for name in opts.servers:
+                ld = [x for x in loads if x["placement"] == placement and x["server"] == name
+                      and x["keys"] == keys]
+                row[f"{name}_rss_mb"] = _med([x["rss_kb"] / 1024 for x in ld])
+                row[f"{name}_rss_per_item"] = _med([(x["rss_kb"] - x["rss_start_kb"]) * 1024 / keys
+                                                     for x in ld])
+                row[f"{name}_preload_per_s"] = _med([x["preload_per_s"] for x in ld])
+                row[f"{name}_items"] = _med([x["items"] for x in ld])
+                row[f"{name}_evictions"] = max([x["evictions"] or 0 for x in ld], default=None)
+                row[f"{name}_preload_errors"] = sum(x["preload_errors"] for x in ld)
+        rows.append(row)
+    rows.sort(key=lambda r: (opts.placements.index(r["placement"]), r["series"] != "conns",
+                             r["conns"], r["keys"]))
+    return rows
+
+
+def scaling_growth(results, opts):
+    """Items series: per server, median over repetitions of (value at the largest key
+    space / value at the smallest), for CPU/op, p99 and ops/s."""
+    out = []
+    for placement in opts.placements:
+        items = [r for r in results if r["series"] == "items" and r["placement"] == placement]
+        ks = sorted({r["keys"] for r in items})
+        if len(ks) < 2:
+            continue
+        lo, hi = ks[0], ks[-1]
+        for name in opts.servers:
+            g = {"placement": placement, "server": name, "from_keys": lo, "to_keys": hi}
+            for k in ("cpu_us", "p99", "ops"):
+                per_rep = []
+                for rep in sorted({r["rep"] for r in items}):
+                    a = [r[k] for r in items if r["rep"] == rep and r["server"] == name and r["keys"] == lo]
+                    b = [r[k] for r in items if r["rep"] == rep and r["server"] == name and r["keys"] == hi]
+                    if a and b and a[0]:
+                        per_rep.append(b[0] / a[0])
+                g[k + "_lo"] = _med([r[k] for r in items if r["server"] == name and r["keys"] == lo])
+                g[k + "_hi"] = _med([r[k] for r in items if r["server"] == name and r["keys"] == hi])
+                g[k + "_growth"] = _med(per_rep)
+            out.append(g)
+    return out
+
+
+def scaling_markdown(rows, growth, opts):
+    names = opts.servers
+    short = {"memcached": "mc", "memtwin": "mt", "null": "null"}
+    sl = " / ".join(short[n] for n in names)
+
+    def trio(r, k, d, scale=1.0):
+        return " / ".join(fmt(None if r.get(f"{n}_{k}") is None else r[f"{n}_{k}"] * scale, d)
+                          for n in names)
+
+    def trouble(r):
+        t = f"{r['errors']} / {r['timeouts']}"
+        idle = {n: v for n, v in r["idle_conns"].items() if v}
+        if idle:
+            t += " **idle conns: " + ", ".join(f"{short[n]} {v}" for n, v in idle.items()) + "**"
+        if r["failures"]:
+            t += " **failed: " + "; ".join(r["failures"])[:200].replace("|", "/") + "**"
+        return t
+
+    out = []
+    for series, title in (("conns", f"### Connections (workload a, {kfmt(opts.keys)} keys)"),
+                          ("items", f"### Items (workload a, {opts.scale_items_conns} connections, "
+                                    "key space preloaded and then used)")):
+        sr = [r for r in rows if r["series"] == series]
+        if not sr:
+            continue
+        head = (f"| placement | conns | keys | ops/s {sl} | **mt/mc ops** | p99 µs {sl} | **mt/mc p99** "
+                f"| CPU µs/op {sl} | **mt/mc CPU/op** | hit % {sl} ")
+        sep = "|---|---|---|---|---|---|---|---|---|---"
+        if series == "items":
+            head += ("| RSS MB after preload mc / mt | RSS growth B/item mc / mt | evictions mc / mt "
+                     "| preload k/s mc / mt ")
+            sep += "|---|---|---|---"
+        head += "| errors / timeouts (idle conns) | disturbed |"
+        sep += "|---|---|"
+        out += [title, "", head, sep]
+        for r in sr:
+            line = (f"| {r['placement']} | {r['conns']} | {kfmt(r['keys'])} | "
+                    + " / ".join(kfmt(r.get(f"{n}_ops")) for n in names)
+                    + f" | {fmt(r['mt_ops'])} | {trio(r, 'p99', 0)} | {fmt(r['mt_p99'])} | "
+                    f"{trio(r, 'cpu_us', 2)} | {fmt(r['mt_cpu_us'])} | {trio(r, 'hit', 1, 100)} ")
+            if series == "items":
+                per_item = [r.get(f"{n}_rss_per_item") for n in ("memcached", "memtwin")]
+                line += (f"| {fmt(r.get('memcached_rss_mb'), 0)} / {fmt(r.get('memtwin_rss_mb'), 0)} "
+                         f"| {fmt(per_item[0], 0)} / {fmt(per_item[1], 0)} "
+                         f"| {r.get('memcached_evictions', '–')} / {r.get('memtwin_evictions', '–')} "
+                         f"| {kfmt(r.get('memcached_preload_per_s'))} / {kfmt(r.get('memtwin_preload_per_s'))} ")
+            line += f"| {trouble(r)} | {r['disturbed']}/{r['runs']} |"
+            out.append(line)
+        out.append("")
+    if growth:
+        out += ["### Cost per op against the number of items (issue 6: must not grow)", "",
+                "Growth = median over repetitions of (value at the largest key space / value at the "
+                "smallest), same server, same repetition. 1.00 = no growth.", "",
+                "| placement | server | keys | CPU µs/op | **CPU/op growth** | p99 µs | **p99 growth** "
+                "| ops/s | ops growth |", "|---|---|---|---|---|---|---|---|---|"]
+        for g in growth:
+            out.append(f"| {g['placement']} | {g['server']} | {kfmt(g['from_keys'])} → {kfmt(g['to_keys'])} | "
+                       f"{fmt(g['cpu_us_lo'])} → {fmt(g['cpu_us_hi'])} | {fmt(g['cpu_us_growth'])} | "
+                       f"{fmt(g['p99_lo'], 0)} → {fmt(g['p99_hi'], 0)} | {fmt(g['p99_growth'])} | "
+                       f"{kfmt(g['ops_lo'])} → {kfmt(g['ops_hi'])} | {fmt(g['ops_growth'])} |")
+        for placement in opts.placements:
+            gg = {g["server"]: g for g in growth if g["placement"] == placement}
+            if "memtwin" in gg and "memcached" in gg:
+                mt, mc = gg["memtwin"], gg["memcached"]
+                ok = (mt["cpu_us_growth"] is not None and mc["cpu_us_growth"] is not None
+                      and mt["cpu_us_growth"] <= max(1.1, mc["cpu_us_growth"] * 1.05))
+                out.append(f"\n{placement}: CPU/op growth memtwin {fmt(mt['cpu_us_growth'])} vs memcached "
+                           f"{fmt(mc['cpu_us_growth'])}; p99 growth {fmt(mt['p99_growth'])} vs "
+                           f"{fmt(mc['p99_growth'])} — {'met' if ok else '**not met**'} (memtwin's "
+                           "CPU/op growth ≤ max(1.10, memcached's + 5 %)).")
+        out.append("")
+    return "\n".join(out)
+
+
 # ---- main ----------------------------------------------------------------------------
 
 def build(opts):
@@ -477,10 +757,11 @@ def main():
     ap.add_argument("--warmup", type=float)
     ap.add_argument("--conns", help="comma list, default 4,50,200 (quick: 50)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of " + ",".join(WORKLOADS))
-    ap.add_argument("--placements", default="pinned,shared")
+    ap.add_argument("--placements", help="default pinned,shared (scaling: shared)")
     ap.add_argument("--servers", default=",".join(SERVERS))
     ap.add_argument("--keys", type=int, default=100_000)
-    ap.add_argument("--retries", type=int, default=2, help="reruns of a disturbed run (keep the least disturbed)")
+    ap.add_argument("--retries", type=int,
+                    help="reruns of a disturbed run (keep the least disturbed); default 2 (scaling: 1)")
     ap.add_argument("--foreign-limit", type=float, default=0.19,
                     help="foreign CPU (cores) above which a run counts as disturbed (1.5 CPU-s per 8 s)")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory-efficiency test")
@@ -492,14 +773,35 @@ def main():
                     help="name for the reference server in the report (e.g. an older memtwin build "
                          "given as MEMCACHED_BIN for an A/B run)")
     ap.add_argument("--out", help="results directory (default target/bench-results/<time>)")
+    ap.add_argument("--scaling", action="store_true",
+                    help="scaling mode instead of the load and memory tests: workload (a) over "
+                         "50..1000 connections and 100k..10M items (3 reps x 4 s, shared placement)")
+    ap.add_argument("--scale-conns", help="scaling: connection counts (default 50,200,500,1000; "
+                                          "empty string skips the series)")
+    ap.add_argument("--scale-keys", help="scaling: key spaces of the items series "
+                                         "(default 100000,1000000,10000000; empty skips it)")
+    ap.add_argument("--scale-items-conns", type=int, default=50,
+                    help="scaling: connections in the items series (default 50)")
+    ap.add_argument("--preload-conns", type=int, default=8,
+                    help="scaling: generator connections for the preload (default 8)")
+    ap.add_argument("--port-base", type=int, default=PORT_BASE,
+                    help=f"servers get free ports in PORT_BASE..PORT_BASE+39 (default {PORT_BASE}); "
+                         "give another base when a second benchmark runs on the machine")
     opts = ap.parse_args()
+    global PORT_RANGE
+    PORT_RANGE = range(opts.port_base, opts.port_base + 40)
     q = opts.quick
-    opts.reps = opts.reps or (2 if q else 5)
-    opts.duration = opts.duration or (3.0 if q else 8.0)
+    sc = opts.scaling
+    opts.reps = opts.reps or (3 if sc else 2 if q else 5)
+    opts.retries = opts.retries if opts.retries is not None else (1 if sc else 2)
+    opts.duration = opts.duration or (4.0 if sc else 3.0 if q else 8.0)
     opts.warmup = opts.warmup if opts.warmup is not None else (0.5 if q else 1.0)
     opts.conns = [int(c) for c in (opts.conns or ("50" if q else "4,50,200")).split(",")]
     opts.workloads = opts.workloads.split(",")
-    opts.placements = opts.placements.split(",")
+    opts.placements = (opts.placements or ("shared" if sc else "pinned,shared")).split(",")
+    ints = lambda v, d: [int(float(x)) for x in (d if v is None else v).split(",") if x.strip()]
+    opts.scale_conns = ints(opts.scale_conns, "50,200,500,1000")
+    opts.scale_keys = ints(opts.scale_keys, "100000,1000000,10000000")
     opts.servers = opts.servers.split(",")
     opts.mem_budget = opts.mem_budget or (64 if q else 256)
     opts.mem_big_items = opts.mem_big_items or (30_000 if q else 100_000)
@@ -508,6 +810,13 @@ def main():
             sys.exit(f"unknown workload {w}")
     if "memcached" not in opts.servers:
         sys.exit("memcached is the reference: keep it in --servers")
+    # One fd per connection in the generator and in memtwin (its -c only caps connections;
+    # it keeps the limit it inherits from us). memcached raises its own limit to -c as root.
+    need = max([4096] + opts.scale_conns) + 256
+    nofile_before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    nofile = raise_nofile(need)
+    if nofile[0] < need:
+        log(f"warning: RLIMIT_NOFILE is {nofile[0]} (< {need}); many connections may fail")
     bins = build(opts)
     out = opts.out or os.path.join(ROOT, "target", "bench-results", time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(out, exist_ok=True)
@@ -517,7 +826,30 @@ def main():
             f"Reference (\"mc\" below): `{bins['memcached']}`. ",
             f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, reps {opts.reps} x {opts.duration} s "
             f"(+{opts.warmup} s warm-up), conns {opts.conns}, keys {opts.keys}.", ""]
+    if sc:
+        head[-2] = (f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, reps {opts.reps} x "
+                    f"{opts.duration} s (+{opts.warmup} s warm-up), placements {','.join(opts.placements)}, "
+                    f"servers -m {SCALE_MEM_MB} -c 4096, RLIMIT_NOFILE {nofile_before[0]} -> {nofile[0]} "
+                    f"(hard {nofile[1]}) for the generator and the servers.")
     report = list(head)
+    if sc:
+        t0 = time.time()
+        results, loads = run_scaling(opts, bins, out)
+        rows = scaling_table(results, loads, opts)
+        growth = scaling_growth(results, opts)
+        with open(os.path.join(out, "scaling.json"), "w") as f:
+            json.dump({"rows": rows, "growth": growth, "preloads": loads,
+                       "seconds": round(time.time() - t0)}, f, indent=1)
+        report = head[:1] + ["", "## Scaling: connections and items (issue 6)", ""] + head[2:] + [
+            f"Workload (a) {WORKLOADS[SCALE_WL][0]}; medians over repetitions, ratios are medians of "
+            f"per-repetition ratios memtwin/memcached. Took {(time.time() - t0) / 60:.1f} min.", "",
+            scaling_markdown(rows, growth, opts)]
+        text = "\n".join(report)
+        with open(os.path.join(out, "results.md"), "a") as f:
+            f.write(text + "\n")
+        print(text)
+        log(f"raw runs and summary in {out} (scaling-runs.jsonl, scaling.json, results.md)")
+        return
     if not opts.memory_only:
         results = run_load(opts, bins, out)
         rows = ratio_table(results, opts)

@@ -20,8 +20,9 @@
 //!   measurement window, read from /proc, for server CPU per op.
 //!
 //! Prints one JSON object: ops/s, hits, errors, latency p50/p90/p99/p99.9/max
-//! in µs, the generator's own CPU per op, and CPU of watched processes and of
-//! the whole machine during the window.
+//! in µs, `idle_conns` (connections that completed no request in the window:
+//! not accepted, or stalled), the generator's own CPU per op, and CPU of
+//! watched processes and of the whole machine during the window.
 
 use memtwin_bench::hist::Histogram;
 use memtwin_bench::procfs;
@@ -277,6 +278,8 @@ struct Conn {
     hits: u64,
     pending: VecDeque<Pending>,
     dirty: bool,
+    /// Responses to counted requests on this connection.
+    served: u64,
 }
 
 #[derive(Default)]
@@ -287,6 +290,10 @@ struct Totals {
     errors: u64,
     timeouts: u64,
     sent: u64,
+    /// Connections that completed no counted request: never accepted or stalled for the
+    /// whole window (in a closed loop their requests were sent before the window, so
+    /// they would not show as timeouts).
+    idle_conns: u64,
 }
 
 struct Rng(u64);
@@ -396,6 +403,7 @@ impl Worker {
                 hits: 0,
                 pending: VecDeque::with_capacity(max_outstanding.min(4096)),
                 dirty: false,
+                served: 0,
             });
         }
         let keys = if opts.preload {
@@ -540,6 +548,7 @@ impl Worker {
             return;
         };
         if p.counted {
+            self.conns[c].served += 1;
             self.tot.ops += 1;
             self.tot.hits += hits;
             if p.kind != Kind::Set {
@@ -815,6 +824,7 @@ impl Worker {
         // Whatever is still unanswered and was counted is a timeout; charge it the
         // time it waited so the tail is not flattered.
         let now = now_ns(self.epoch);
+        self.tot.idle_conns = self.conns.iter().filter(|c| c.served == 0).count() as u64;
         for c in 0..n {
             while let Some(p) = self.conns[c].pending.pop_front() {
                 if p.counted {
@@ -918,6 +928,7 @@ fn main() {
                 tot.errors += t.errors;
                 tot.timeouts += t.timeouts;
                 tot.sent += t.sent;
+                tot.idle_conns += t.idle_conns;
             }
             Ok(Err(e)) => failed.push(e),
             Err(_) => failed.push("worker panicked".into()),
@@ -967,7 +978,7 @@ fn main() {
             "\"value_size\": {vs}, \"get_ratio\": {gr}, \"keys\": {keys}, ",
             "\"seconds\": {secs:.3}, \"ops\": {ops}, \"ops_per_sec\": {ops_s:.1}, ",
             "\"keys_per_sec\": {keys_s:.1}, \"hits\": {hits}, \"keys_requested\": {kr}, ",
-            "\"errors\": {errs}, \"timeouts\": {to}, ",
+            "\"errors\": {errs}, \"timeouts\": {to}, \"idle_conns\": {idle}, ",
             "\"lat_us\": {{\"p50\": {p50:.1}, \"p90\": {p90:.1}, \"p99\": {p99:.1}, ",
             "\"p999\": {p999:.1}, \"max\": {max:.1}, \"mean\": {mean:.1}}}, ",
             "\"gen_cpu_s\": {gcpu:.4}, \"gen_cpu_us_per_op\": {gper:.3}, ",
@@ -999,6 +1010,7 @@ fn main() {
         kr = tot.keys_requested,
         errs = tot.errors,
         to = tot.timeouts,
+        idle = tot.idle_conns,
         p50 = us(hist.quantile(0.5)),
         p90 = us(hist.quantile(0.9)),
         p99 = us(hist.quantile(0.99)),
