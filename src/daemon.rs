@@ -94,6 +94,85 @@ pub fn drop_privileges(user: Option<&str>) -> anyhow::Result<()> {
     }
 }
 
+/// File descriptors kept for everything that is not a client connection:
+/// listeners, the runtime's epoll and wakers, sled's files, logs.
+const FD_HEADROOM: u64 = 128;
+
+/// What [`raise_fd_limit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdLimit {
+    /// The soft limit already allowed `-c` connections.
+    Enough(u64),
+    /// Raised to this soft limit.
+    Raised(u64),
+    /// Could not get there; connections beyond this many descriptors will be
+    /// refused by `accept` (EMFILE, counted in `listen_disabled_num`).
+    Short(u64),
+}
+
+/// Make room for `-c` connections: raise the soft `RLIMIT_NOFILE` to
+/// `max_conns` plus [`FD_HEADROOM`], and as root the hard limit too, as
+/// memcached does at start-up. Unlike memcached (which sets both limits to
+/// exactly `-c`, and exits when it cannot), a limit is never lowered and a
+/// shortfall is a warning: the daemon still serves what it can.
+pub fn raise_fd_limit(max_conns: usize) -> FdLimit {
+    let want = (max_conns as u64).saturating_add(FD_HEADROOM);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass; the result is checked.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!(
+            "cannot read the open-files limit: {}",
+            std::io::Error::last_os_error()
+        );
+        return FdLimit::Short(0);
+    }
+    let cur: u64 = lim.rlim_cur;
+    if lim.rlim_cur == libc::RLIM_INFINITY || cur >= want {
+        return FdLimit::Enough(cur);
+    }
+    let hard: u64 = lim.rlim_max;
+    let try_set = |soft: u64, hard: u64| {
+        let l = libc::rlimit {
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: plain syscall on a valid struct; the result is checked.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0 }
+    };
+    // Root may raise the hard limit; anyone may raise the soft one up to it.
+    if lim.rlim_max != libc::RLIM_INFINITY && hard < want && try_set(want, want) {
+        return FdLimit::Raised(want);
+    }
+    let reachable = if lim.rlim_max == libc::RLIM_INFINITY {
+        want
+    } else {
+        want.min(hard)
+    };
+    let max = if lim.rlim_max == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        hard
+    };
+    if reachable > cur && try_set(reachable, max) {
+        if reachable >= want {
+            return FdLimit::Raised(reachable);
+        }
+        tracing::warn!(
+            "open-files limit raised to {reachable}, short of {want} for -c {max_conns}; \
+             raise LimitNOFILE (systemd) or ulimit -n"
+        );
+        return FdLimit::Short(reachable);
+    }
+    tracing::warn!(
+        "open-files limit is {cur}, short of {want} for -c {max_conns}; \
+         raise LimitNOFILE (systemd) or ulimit -n"
+    );
+    FdLimit::Short(cur)
+}
+
 /// Build everything from the settings and serve until shut down.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
@@ -116,6 +195,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut shared = Shared::new(engine.clone(), settings.clone());
     shared.auth = crate::auth::Auth::load(&settings)?;
     let shared = Arc::new(shared);
+    // Before dropping privileges: as root the hard limit can be raised too.
+    match raise_fd_limit(settings.max_conns) {
+        FdLimit::Raised(n) => tracing::debug!("open-files limit raised to {n}"),
+        FdLimit::Enough(_) | FdLimit::Short(_) => {}
+    }
     let inherited = crate::systemd::listen_fds();
     let listeners = server::bind_all(&settings, &inherited).context("cannot listen")?;
     if let Some(p) = &settings.pidfile {

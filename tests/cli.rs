@@ -163,3 +163,76 @@ fn unknown_extended_options_warn_but_start() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no_such_option"));
 }
+
+/// Whether this process may raise hard limits (capability 24, CAP_SYS_RESOURCE).
+fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
+/// The soft open-files limit of a running process, from /proc.
+fn soft_nofile(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files line");
+    line.split_whitespace()
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .expect("soft limit")
+}
+
+/// Start memtwin with `-c conns` under the given open-files limits and return
+/// its soft limit once it serves.
+fn nofile_after_start(soft: u64, hard: u64, conns: &str) -> u64 {
+    use std::os::unix::process::CommandExt;
+    let port = free_port();
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "-l",
+        "127.0.0.1",
+        "-U",
+        "0",
+        "-p",
+        &port.to_string(),
+        "-c",
+        conns,
+    ])
+    .stderr(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe; runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let l = libc::rlimit {
+                rlim_cur: soft as libc::rlim_t,
+                rlim_max: hard as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    wait_for("listener", || TcpStream::connect(("127.0.0.1", port)).ok());
+    let n = soft_nofile(child.id());
+    kill(child.id() as i32, libc::SIGTERM);
+    let _ = child.wait();
+    n
+}
+
+#[test]
+fn connection_limit_raises_the_open_files_limit() {
+    // -c 1000 needs 1000 descriptors plus headroom (128): raised within the hard limit.
+    assert_eq!(nofile_after_start(256, 4096, "1000"), 1128);
+    // Never lowered.
+    assert_eq!(nofile_after_start(4000, 4096, "100"), 4000);
+    // Above the hard limit only a process with CAP_SYS_RESOURCE (root, unless a
+    // container drops it) can go; others get as far as the hard limit.
+    let expect = if has_cap_sys_resource() { 1128 } else { 512 };
+    assert_eq!(nofile_after_start(256, 512, "1000"), expect);
+}
