@@ -19,6 +19,9 @@ struct Opts {
     port: u16,
     threads: usize,
     value_size: usize,
+    /// One `current_thread` runtime per worker thread, connections handed out
+    /// round robin by the accepting thread (instead of one work-stealing runtime).
+    per_core: bool,
 }
 
 fn parse() -> Opts {
@@ -27,6 +30,7 @@ fn parse() -> Opts {
         port: 11211,
         threads: 4,
         value_size: 100,
+        per_core: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -37,6 +41,11 @@ fn parse() -> Opts {
             "-l" | "--listen" => o.addr = v,
             "-t" | "--threads" => o.threads = v.parse().expect("threads"),
             "--value-size" => o.value_size = v.parse().expect("value size"),
+            "--per-core" => {
+                o.per_core = true;
+                i += 1;
+                continue;
+            }
             // memcached flags with a value, ignored.
             "-m" | "-c" | "-U" | "-u" | "-I" | "-b" | "-R" => {}
             // Flags without a value.
@@ -179,15 +188,24 @@ async fn conn(mut sock: TcpStream, value: std::sync::Arc<(Vec<u8>, Vec<u8>)>) {
 
 fn main() {
     let o = parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(o.threads.max(1))
-        .enable_all()
-        .build()
-        .expect("runtime");
     let value = std::sync::Arc::new((
         vec![b'x'; o.value_size],
         o.value_size.to_string().into_bytes(),
     ));
+    if o.per_core {
+        per_core(o, value);
+        return;
+    }
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(o.threads.max(1)).enable_all();
+    // Scheduler knobs for experiments (see docs/performance.md).
+    if let Some(n) = env_u32("NULL_EVENT_INTERVAL") {
+        b.event_interval(n);
+    }
+    if let Some(n) = env_u32("NULL_GLOBAL_QUEUE_INTERVAL") {
+        b.global_queue_interval(n);
+    }
+    let rt = b.build().expect("runtime");
     rt.block_on(async move {
         let l = TcpListener::bind((o.addr.as_str(), o.port))
             .await
@@ -198,4 +216,41 @@ fn main() {
             }
         }
     });
+}
+
+fn env_u32(name: &str) -> Option<u32> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// `--per-core`: N threads, each a `current_thread` runtime; a blocking accept
+/// loop hands sockets out round robin.
+fn per_core(o: Opts, value: std::sync::Arc<(Vec<u8>, Vec<u8>)>) {
+    let l = std::net::TcpListener::bind((o.addr.as_str(), o.port))
+        .unwrap_or_else(|e| panic!("bind {}:{}: {e}", o.addr, o.port));
+    let mut workers = Vec::new();
+    for _ in 0..o.threads.max(1) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+        let value = value.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
+                while let Some(s) = rx.recv().await {
+                    if s.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    if let Ok(s) = TcpStream::from_std(s) {
+                        tokio::task::spawn_local(conn(s, value.clone()));
+                    }
+                }
+            });
+        });
+        workers.push(tx);
+    }
+    for (next, s) in l.incoming().flatten().enumerate() {
+        let _ = workers[next % workers.len()].send(s);
+    }
 }
