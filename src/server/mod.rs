@@ -66,14 +66,22 @@ async fn housekeeping(shared: Arc<Shared>) {
     }
 }
 
+/// How long one reaper pass over the whole table takes, at most (seconds).
+const REAP_PASS_SECS: usize = 600;
+
 /// How often the reaper examines a slice of the table.
 const REAP_SLICE: Duration = Duration::from_millis(100);
 
-/// Reclaim expired items on a thread of its own, a slice every 100 ms (a full
-/// pass over the table about once a minute, at least 10k items a second).
+/// Reclaim expired items on a thread of its own, a slice every 100 ms: a full
+/// pass over the table about every ten minutes, at least 10k items a second.
 /// Each examined item is a random, cache-cold lookup, so a pass of 10k items
 /// costs milliseconds: on a runtime worker it stalled every connection of that
-/// worker once a second, which showed in p99 at fixed load.
+/// worker once a second, which showed in p99 at fixed load. A pass per minute
+/// (the first choice) made a request cost 4.40 instead of 4.23 µs of CPU at 10 M
+/// items (scaling benchmark), where cost per request must not grow with the
+/// item count; dead items are also reclaimed on
+/// access and by the eviction hand, so the reaper only bounds how long an
+/// expired item nobody touches keeps its memory.
 fn spawn_reaper(shared: Arc<Shared>) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("memtwin-reaper".into())
@@ -83,7 +91,7 @@ fn spawn_reaper(shared: Arc<Shared>) -> std::io::Result<std::thread::JoinHandle<
                 std::thread::sleep(REAP_SLICE);
                 let engine = &shared.engine;
                 let store = engine.store();
-                let per_second = (store.len() / 60).max(10_000);
+                let per_second = (store.len() / REAP_PASS_SECS).max(10_000);
                 store.reap(engine.now(), per_second.div_ceil(slices));
             }
         })
