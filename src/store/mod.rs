@@ -638,32 +638,16 @@ impl Store {
                 (Edit::Remove, Ok((r, 0)))
             }
             Ok((state, op, in_place)) => {
-                let new = charge(key.len(), state.value.len());
-                if let Err(e) = self.reserve(new, charge_of(item)) {
-                    return (Edit::Keep, Err(e));
+                let live = if dead.is_none() { Some(item) } else { None };
+                match self.new_version(key, live, charge_of(item), state, op, in_place, now) {
+                    Ok((next, seq)) => {
+                        if dead.is_some() {
+                            self.stats.bump(|c| &c.reclaimed);
+                        }
+                        (Edit::Put(next), Ok((r, seq)))
+                    }
+                    Err(e) => (Edit::Keep, Err(e)),
                 }
-                if dead.is_some() {
-                    self.stats.bump(|c| &c.reclaimed);
-                }
-                let stored_at = if op == Op::Touch && dead.is_none() {
-                    item.stored_at()
-                } else {
-                    now
-                };
-                let seq = self.publish_put(key, &state, op, stored_at);
-                let next = Item::new(NewItem {
-                    key,
-                    state,
-                    seq,
-                    now,
-                    stored_at,
-                });
-                if (op == Op::Touch || in_place) && dead.is_none() {
-                    // A touch (or in-place rewrite) keeps the fetched bit of
-                    // the old version.
-                    next.mark_accessed(now, item.has(Bits::FETCHED));
-                }
-                (Edit::Put(next), Ok((r, seq)))
             }
         }
     }
@@ -693,29 +677,48 @@ impl Store {
                 Err(_) => (Edit::Keep, Ok((r, 0))),
             },
             (Ok((state, op, in_place)), disk) => {
-                if let Err(e) = self.reserve(charge(key.len(), state.value.len()), 0) {
-                    return (Edit::Keep, Err(e));
+                match self.new_version(key, disk.as_ref(), 0, state, op, in_place, now) {
+                    Ok((next, seq)) => (Edit::Put(next), Ok((r, seq))),
+                    Err(e) => (Edit::Keep, Err(e)),
                 }
-                let stored_at = match &disk {
-                    Some(d) if op == Op::Touch => d.stored_at(),
-                    _ => now,
-                };
-                let seq = self.publish_put(key, &state, op, stored_at);
-                let next = Item::new(NewItem {
-                    key,
-                    state,
-                    seq,
-                    now,
-                    stored_at,
-                });
-                if let Some(d) = &disk {
-                    if op == Op::Touch || in_place {
-                        next.mark_accessed(now, d.has(Bits::FETCHED));
-                    }
-                }
-                (Edit::Put(next), Ok((r, seq)))
             }
         }
+    }
+
+    /// The item a write makes, under the key's shard lock: charge it in place
+    /// of `old_charge`, publish it, and build it. `prev` is the live version the
+    /// command saw (in RAM or on disk): a touch keeps its store time, and a
+    /// touch or in-place rewrite keeps its fetched bit.
+    #[allow(clippy::too_many_arguments)]
+    fn new_version(
+        &self,
+        key: &[u8],
+        prev: Option<&Item>,
+        old_charge: usize,
+        state: ItemState,
+        op: Op,
+        in_place: bool,
+        now: u32,
+    ) -> Result<(Item, u64), StoreError> {
+        self.reserve(charge(key.len(), state.value.len()), old_charge)?;
+        let stored_at = match prev {
+            Some(p) if op == Op::Touch => p.stored_at(),
+            _ => now,
+        };
+        let seq = self.publish_put(key, &state, op, stored_at);
+        let next = Item::new(NewItem {
+            key,
+            state,
+            seq,
+            now,
+            stored_at,
+        });
+        if let Some(p) = prev {
+            if op == Op::Touch || in_place {
+                next.mark_accessed(now, p.has(Bits::FETCHED));
+            }
+        }
+        Ok((next, seq))
     }
 
     fn publish_put(&self, key: &[u8], state: &ItemState, op: Op, stored_at: u32) -> u64 {
