@@ -232,7 +232,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         "READY=1\nSTATUS=serving {} listener(s)",
         listeners.iter().count()
     ));
-    server::serve(listeners, shared.clone()).await;
+    server::serve(listeners, shared.clone())
+        .await
+        .context("cannot start the worker threads")?;
     notifier.notify("STOPPING=1");
     if let Some(p) = persist {
         // Everything the server accepted is in the stream: drain and sync it.

@@ -41,9 +41,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // Connections are served by `-t` worker threads of their own (server::worker);
+    // the runtime only accepts, keeps time, handles signals and waits for acks.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.threads)
-        .thread_name("memtwin-worker")
+        .worker_threads(1)
+        .thread_name("memtwin-io")
         .enable_all()
         .build()
     {

@@ -1,16 +1,23 @@
-//! One client connection: read, let the session process, write its replies in
-//! one write, repeat. The protocol is chosen by the first byte (0x80 = binary).
+//! One client connection as a state machine driven by its event loop: read,
+//! let the session process, send its replies in one `send`, repeat. The
+//! protocol is chosen by the first byte (0x80 = binary).
+//!
+//! A connection is always in one of three states, which is also what its loop
+//! asks epoll about: *reading* (requests), *writing* (replies that did not fit
+//! the socket buffer; no new request is read meanwhile, so a client that does
+//! not read cannot make us buffer without bound), and *parked* (its writes wait
+//! for the persistence writer's acknowledgement, `--fsync always`; the socket is
+//! not watched at all until the acks arrive).
 
+use super::sys::{self, Interest};
 use crate::config::BindingProtocol;
-use crate::server::listen::Stream;
 use crate::session::binary::BinarySession;
 use crate::session::text::TextSession;
-use crate::session::{Flow, Shared};
+use crate::session::{ConnGuard, Flow, Shared};
 use bytes::BytesMut;
-use std::future::Future;
-use std::task::Poll;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 
 const READ_CHUNK: usize = 16 * 1024;
 /// Give a buffer that grew for a large value back when it is idle again.
@@ -40,7 +47,7 @@ impl Session {
 /// narrowed by authentication ([`crate::auth::Auth::binding`]): with SASL only
 /// (`-S`) ASCII connections are closed; with ASCII auth only (`-Y`) everything
 /// is text, so a binary packet meets the auth gate as a text line.
-fn choose(first: u8, shared: &std::sync::Arc<Shared>) -> Option<Session> {
+fn choose(first: u8, shared: &Arc<Shared>) -> Option<Session> {
     match (shared.auth.binding(shared.settings.protocol), first) {
         (BindingProtocol::Binary | BindingProtocol::Auto, 0x80) => {
             Some(Session::Binary(BinarySession::new(shared.clone())))
@@ -50,114 +57,220 @@ fn choose(first: u8, shared: &std::sync::Arc<Shared>) -> Option<Session> {
     }
 }
 
-pub async fn run(mut sock: Stream, shared: &std::sync::Arc<Shared>) {
-    let mut input = BytesMut::with_capacity(READ_CHUNK);
-    let mut out = BytesMut::with_capacity(READ_CHUNK);
-    let mut session: Option<Session> = None;
-    let stats = shared.engine.stats();
-    let idle = match shared.settings.idle_timeout {
-        0 => None,
-        s => Some(Duration::from_secs(s)),
-    };
-    // Shutdown: register this task's waker with the token ONCE, then only check
-    // the token's flag. Polling a `cancelled()` future per read took the token's
-    // global waiter-list mutex once or twice per request (~400 instructions, and
-    // contention between worker threads). The registration stays valid for the
-    // connection's life: a task's waker does not change, and `cancel()` sets the
-    // flag before it wakes the registered waiters.
-    let cancelled = shared.shutdown.cancelled();
-    tokio::pin!(cancelled);
-    if std::future::poll_fn(|cx| Poll::Ready(cancelled.as_mut().poll(cx)))
-        .await
-        .is_ready()
-    {
-        return;
+/// What the connection does once its pending replies are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Wait for more requests.
+    Read,
+    /// Process the requests still buffered (the reply buffer filled up).
+    Process,
+    /// Half-close and drop the connection.
+    Close,
+}
+
+impl From<Flow> for Next {
+    fn from(f: Flow) -> Next {
+        match f {
+            Flow::NeedInput => Next::Read,
+            Flow::Flush => Next::Process,
+            Flow::Close => Next::Close,
+        }
     }
-    let shutdown = std::future::poll_fn(|_| {
-        if shared.shutdown.is_cancelled() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+}
+
+/// Whether the loop keeps the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    Yes,
+    /// Its writes must be acknowledged first: wait for this sequence number,
+    /// then call [`Conn::acked`].
+    Park(u64),
+    No,
+}
+
+/// What a connection needs from its event loop.
+pub struct Ctx<'a> {
+    pub epoll: &'a sys::Epoll,
+    pub shared: &'a Arc<Shared>,
+    /// The connection's epoll token.
+    pub token: u64,
+}
+
+pub struct Conn<'a> {
+    fd: OwnedFd,
+    input: BytesMut,
+    out: BytesMut,
+    /// Bytes of `out` already sent.
+    sent: usize,
+    next: Next,
+    session: Option<Session>,
+    interest: Interest,
+    /// Engine clock (seconds) of the last request, for `idle_timeout`.
+    pub last_active: u32,
+    _registered: ConnGuard<'a>,
+}
+
+impl<'a> Conn<'a> {
+    /// Adopt an accepted, non-blocking socket and watch it for requests.
+    pub fn new(fd: OwnedFd, registered: ConnGuard<'a>, ctx: &Ctx<'_>) -> io::Result<Conn<'a>> {
+        ctx.epoll.add(fd.as_raw_fd(), Interest::Read, ctx.token)?;
+        Ok(Conn {
+            fd,
+            input: BytesMut::with_capacity(READ_CHUNK),
+            out: BytesMut::with_capacity(READ_CHUNK),
+            sent: 0,
+            next: Next::Read,
+            session: None,
+            interest: Interest::Read,
+            last_active: ctx.shared.engine.now(),
+            _registered: registered,
+        })
+    }
+
+    /// Waiting for requests with nothing half-done (for idle timeouts and
+    /// shutdown: such a connection can be closed without losing a reply).
+    pub fn is_idle(&self) -> bool {
+        self.interest == Interest::Read && self.out.is_empty()
+    }
+
+    fn watch(&mut self, ctx: &Ctx<'_>, interest: Interest) -> io::Result<()> {
+        if self.interest == interest {
+            return Ok(());
         }
-    });
-    tokio::pin!(shutdown);
-    loop {
-        if input.is_empty() {
+        let fd = self.fd.as_raw_fd();
+        match (self.interest, interest) {
+            // Parked connections are not registered at all: a socket reset by
+            // the peer reports EPOLLHUP even with no interest, level-triggered.
+            (_, Interest::None) => ctx.epoll.delete(fd),
+            (Interest::None, i) => ctx.epoll.add(fd, i, ctx.token)?,
+            (_, i) => ctx.epoll.modify(fd, i, ctx.token)?,
+        }
+        self.interest = interest;
+        Ok(())
+    }
+
+    /// The socket has requests (or a hang-up, which the read reports).
+    pub fn readable(&mut self, ctx: &Ctx<'_>) -> Keep {
+        if self.interest != Interest::Read {
+            return Keep::Yes;
+        }
+        if self.input.is_empty() {
             // Everything was consumed: read into the start of the buffer again
-            // (reserve on an empty, unshared buffer just resets its offset).
-            // Otherwise each read lands further into it, and 200 connections
-            // walk 200 x 16 KiB of cache instead of reusing a few hot lines.
-            input.reserve(READ_CHUNK);
-        } else if input.capacity() - input.len() < READ_CHUNK / 2 {
-            input.reserve(READ_CHUNK);
+            // (reserve on an empty, unshared buffer just resets its offset), so
+            // 200 connections reuse a few hot lines instead of 200 x 16 KiB.
+            self.input.reserve(READ_CHUNK);
+        } else if self.input.capacity() - self.input.len() < READ_CHUNK / 2 {
+            self.input.reserve(READ_CHUNK);
         }
-        let read = async {
-            match idle {
-                Some(d) => tokio::time::timeout(d, sock.read_buf(&mut input))
-                    .await
-                    .unwrap_or(Ok(0)),
-                None => sock.read_buf(&mut input).await,
+        match sys::recv(&self.fd, &mut self.input) {
+            Ok(0) => return Keep::No,
+            Ok(n) => ctx.shared.engine.stats().add(|c| &c.bytes_read, n as u64),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return Keep::Yes
             }
-        };
-        let n = tokio::select! {
-            // Read first: when data is there the shutdown waiter is not polled at
-            // all (and no random branch order is drawn).
-            biased;
-            r = read => match r {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            },
-            _ = &mut shutdown => return,
-        };
-        stats.add(|c| &c.bytes_read, n as u64);
-        if session.is_none() {
-            match choose(input[0], shared) {
-                Some(s) => session = Some(s),
+            Err(_) => return Keep::No,
+        }
+        self.last_active = ctx.shared.engine.now();
+        if self.session.is_none() {
+            match choose(self.input[0], ctx.shared) {
+                Some(s) => self.session = Some(s),
                 None => {
                     tracing::debug!("protocol not allowed on this connection (-B / -S)");
-                    return;
+                    return Keep::No;
                 }
             }
         }
-        let Some(sess) = session.as_mut() else { return };
+        self.next = Next::Process;
+        self.advance(ctx)
+    }
+
+    /// The socket has room for the rest of the replies.
+    pub fn writable(&mut self, ctx: &Ctx<'_>) -> Keep {
+        if self.interest != Interest::Write {
+            return Keep::Yes;
+        }
+        self.advance(ctx)
+    }
+
+    /// The writes this connection waited for are acknowledged (`Ok`) or will
+    /// not be (`Err`: the outcome is unknown to us, so say nothing rather than
+    /// a success we cannot vouch for; the client sees a closed connection).
+    pub fn acked(&mut self, ctx: &Ctx<'_>, result: Result<(), String>) -> Keep {
+        if let Err(e) = result {
+            tracing::warn!("closing connection: write not acknowledged ({e})");
+            return Keep::No;
+        }
+        self.advance(ctx)
+    }
+
+    /// Send pending replies, act on the session's verdict, process buffered
+    /// requests; until the connection must wait for the socket, for acks, or
+    /// for more requests.
+    fn advance(&mut self, ctx: &Ctx<'_>) -> Keep {
         loop {
-            // Attribute the records this batch publishes to this connection
-            // (process() runs to completion on this thread, no await inside).
-            crate::mutation::take_published();
-            let flow = sess.process(&mut input, &mut out);
-            let published = crate::mutation::take_published();
-            if sess.take_mutated() && published > 0 {
-                let stream = shared.engine.stream();
-                if stream.must_wait() {
-                    if let Err(e) = stream.wait_acked(published).await {
-                        // The outcome of these writes is unknown to us: say nothing rather
-                        // than a success we cannot vouch for; the client sees a closed connection.
-                        tracing::warn!("closing connection: write not acknowledged ({e})");
-                        return;
+            while self.sent < self.out.len() {
+                match sys::send(&self.fd, &self.out[self.sent..]) {
+                    Ok(n) => self.sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return self.wait_for(ctx, Interest::Write);
                     }
+                    Err(_) => return Keep::No,
                 }
             }
-            if !out.is_empty() {
-                if sock.write_all(&out).await.is_err() {
-                    return;
-                }
-                stats.add(|c| &c.bytes_written, out.len() as u64);
-                out.clear();
+            if !self.out.is_empty() {
+                ctx.shared
+                    .engine
+                    .stats()
+                    .add(|c| &c.bytes_written, self.out.len() as u64);
+                self.out.clear();
+                self.sent = 0;
             }
-            match flow {
-                Flow::NeedInput => break,
-                Flow::Flush => continue,
-                Flow::Close => {
-                    let _ = sock.shutdown().await;
-                    return;
+            match self.next {
+                Next::Close => {
+                    sys::shutdown_write(&self.fd);
+                    return Keep::No;
                 }
+                Next::Read => {
+                    if self.input.is_empty() && self.input.capacity() > SHRINK_ABOVE {
+                        self.input = BytesMut::with_capacity(READ_CHUNK);
+                    }
+                    if self.out.capacity() > SHRINK_ABOVE {
+                        self.out = BytesMut::with_capacity(READ_CHUNK);
+                    }
+                    return self.wait_for(ctx, Interest::Read);
+                }
+                Next::Process => {}
+            }
+            let Some(sess) = self.session.as_mut() else {
+                return Keep::No;
+            };
+            // Attribute the records this batch publishes to this connection
+            // (process() runs to completion on this thread).
+            crate::mutation::take_published();
+            self.next = sess.process(&mut self.input, &mut self.out).into();
+            let published = crate::mutation::take_published();
+            if sess.take_mutated() && published > 0 && ctx.shared.engine.stream().must_wait() {
+                return match self.watch(ctx, Interest::None) {
+                    Ok(()) => Keep::Park(published),
+                    Err(_) => Keep::No,
+                };
             }
         }
-        if input.is_empty() && input.capacity() > SHRINK_ABOVE {
-            input = BytesMut::with_capacity(READ_CHUNK);
-        }
-        if out.capacity() > SHRINK_ABOVE {
-            out = BytesMut::with_capacity(READ_CHUNK);
+    }
+
+    fn wait_for(&mut self, ctx: &Ctx<'_>, interest: Interest) -> Keep {
+        match self.watch(ctx, interest) {
+            Ok(()) => Keep::Yes,
+            Err(e) => {
+                tracing::debug!("closing connection: epoll: {e}");
+                Keep::No
+            }
         }
     }
 }

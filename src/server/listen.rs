@@ -5,7 +5,7 @@ use crate::systemd::InheritedFd;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
 
 /// A bound listener of either family.
@@ -31,6 +31,16 @@ impl Stream {
 pub enum Stream {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
+}
+
+impl Stream {
+    /// The socket, still non-blocking, for a worker's event loop.
+    pub fn into_fd(self) -> io::Result<std::os::fd::OwnedFd> {
+        Ok(match self {
+            Stream::Tcp(s) => s.into_std()?.into(),
+            Stream::Unix(s) => s.into_std()?.into(),
+        })
+    }
 }
 
 impl Listener {
@@ -149,19 +159,6 @@ pub fn bind_all(settings: &Settings, inherited: &[InheritedFd]) -> io::Result<Li
         }
     }
     Ok(Listeners(out))
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-        }
-    }
 }
 
 impl AsyncWrite for Stream {

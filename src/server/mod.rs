@@ -1,8 +1,11 @@
 //! Sockets: listeners, the accept loop, connection limits, housekeeping and
-//! graceful shutdown. Protocol work is delegated to [`crate::session`].
+//! graceful shutdown. Connections are served by the worker threads' event
+//! loops ([`worker`]); protocol work is delegated to [`crate::session`].
 
 mod conn;
 mod listen;
+mod sys;
+mod worker;
 
 use crate::session::{ConnEntry, Shared};
 use std::sync::atomic::Ordering;
@@ -17,7 +20,12 @@ pub use listen::{bind_all, Listener, Listeners};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serve on already bound listeners until `shared.shutdown` is cancelled.
-pub async fn serve(listeners: Listeners, shared: Arc<Shared>) {
+pub async fn serve(listeners: Listeners, shared: Arc<Shared>) -> std::io::Result<()> {
+    let workers = Arc::new(worker::Workers::start(
+        &shared,
+        shared.settings.threads,
+        tokio::runtime::Handle::current(),
+    )?);
     let tracker = TaskTracker::new();
     tracker.spawn(housekeeping(shared.clone()));
     let reaper = match spawn_reaper(shared.clone()) {
@@ -30,21 +38,36 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>) {
         }
     };
     for l in listeners.into_vec() {
-        tracker.spawn(accept_loop(l, shared.clone(), tracker.clone()));
+        tracker.spawn(accept_loop(
+            l,
+            shared.clone(),
+            tracker.clone(),
+            workers.clone(),
+        ));
     }
     shared.shutdown.cancelled().await;
     shared.accepting.store(false, Ordering::Relaxed);
     tracker.close();
+    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
         .await
         .is_err()
     {
-        tracing::warn!("some connections did not finish within {:?}", DRAIN_TIMEOUT);
+        tracing::warn!("some tasks did not finish within {:?}", DRAIN_TIMEOUT);
+    }
+    // The accept loops are gone, so this is the last reference: the workers
+    // close idle connections and give busy ones until the deadline.
+    match Arc::try_unwrap(workers) {
+        Ok(w) => {
+            let _ = tokio::task::spawn_blocking(move || w.stop(deadline)).await;
+        }
+        Err(_) => tracing::warn!("worker threads still referenced at shutdown"),
     }
     if let Some(h) = reaper {
         // It notices the cancellation within one slice (100 ms).
         let _ = tokio::task::spawn_blocking(move || h.join()).await;
     }
+    Ok(())
 }
 
 /// Tick the clock every second and pet the systemd watchdog: this task stops
@@ -97,7 +120,12 @@ fn spawn_reaper(shared: Arc<Shared>) -> std::io::Result<std::thread::JoinHandle<
         })
 }
 
-async fn accept_loop(listener: Listener, shared: Arc<Shared>, tracker: TaskTracker) {
+async fn accept_loop(
+    listener: Listener,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    workers: Arc<worker::Workers>,
+) {
     let listen_addr = listener.stat_addr();
     let _registered = shared.conns.register(ConnEntry {
         addr: listen_addr.clone(),
@@ -134,17 +162,18 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, tracker: TaskTrack
             continue;
         }
         stats.bump(|c| &c.total_connections);
-        let shared = shared.clone();
         let entry = ConnEntry {
             addr: stream.peer(),
             listen_addr: listen_addr.clone(),
             listening: false,
             since: shared.engine.now(),
         };
-        tracker.spawn(async move {
-            let _registered = shared.conns.register(entry);
-            conn::run(stream, &shared).await;
-            shared.curr_conns.fetch_sub(1, Ordering::AcqRel);
-        });
+        match stream.into_fd() {
+            Ok(fd) => workers.assign(worker::NewConn { fd, entry }),
+            Err(e) => {
+                tracing::warn!("cannot take over an accepted socket: {e}");
+                shared.curr_conns.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 }

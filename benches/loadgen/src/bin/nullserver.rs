@@ -2,13 +2,19 @@
 //!
 //! Speaks just enough of the memcached text and binary protocols for the load
 //! generator: every `get` is a hit with a fixed value (`--value-size` bytes),
-//! every `set` is `STORED`, nothing is hashed or stored. It is built exactly
-//! like memtwin's socket loop (tokio multi-thread runtime with `-t` workers,
-//! `read_buf` into a `BytesMut`, all replies of one read in one write), so
+//! every `set` is `STORED`, nothing is hashed or stored. By default it is built
+//! like memtwin's socket loop (`-t` threads, each one level-triggered epoll loop
+//! over the connections assigned to it at accept, one `recv` and one `send` per
+//! ready connection, a `sched_yield` after a batch of 4 or more), so
 //! `memtwin - null` is the cost of memtwin's own work per request.
 //!
 //! Flags: `-p PORT`, `-l ADDR`, `-t THREADS`, `--value-size N`; memcached's
 //! other flags (`-m`, `-c`, `-U`, `-u`, ...) are accepted and ignored.
+//! Experiments (docs/performance.md): `--tokio` (memtwin's earlier structure:
+//! one work-stealing tokio runtime, a task per connection), `--per-core` (a
+//! `current_thread` runtime per thread), `--no-yield` (epoll loops without the
+//! yield), and `NULL_SPIN_NS=N` in the environment (spin N ns per batch of
+//! requests, to emulate a server's own work).
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,6 +28,10 @@ struct Opts {
     /// One `current_thread` runtime per worker thread, connections handed out
     /// round robin by the accepting thread (instead of one work-stealing runtime).
     per_core: bool,
+    /// One work-stealing tokio runtime, a task per connection.
+    tokio: bool,
+    /// Epoll loops without the yield after large batches.
+    no_yield: bool,
 }
 
 fn parse() -> Opts {
@@ -31,6 +41,8 @@ fn parse() -> Opts {
         threads: 4,
         value_size: 100,
         per_core: false,
+        tokio: false,
+        no_yield: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -43,6 +55,16 @@ fn parse() -> Opts {
             "--value-size" => o.value_size = v.parse().expect("value size"),
             "--per-core" => {
                 o.per_core = true;
+                i += 1;
+                continue;
+            }
+            "--tokio" => {
+                o.tokio = true;
+                i += 1;
+                continue;
+            }
+            "--no-yield" => {
+                o.no_yield = true;
                 i += 1;
                 continue;
             }
@@ -61,6 +83,14 @@ fn parse() -> Opts {
 
 /// Replies for one connection's buffered input; returns false on garbage.
 fn process(input: &mut BytesMut, out: &mut BytesMut, value: &[u8], vlen: &[u8]) -> bool {
+    static SPIN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let spin = *SPIN.get_or_init(|| env_u32("NULL_SPIN_NS").unwrap_or(0) as u64);
+    if spin > 0 {
+        let t = std::time::Instant::now();
+        while (t.elapsed().as_nanos() as u64) < spin {
+            std::hint::spin_loop();
+        }
+    }
     loop {
         if input.is_empty() {
             return true;
@@ -196,6 +226,10 @@ fn main() {
         per_core(o, value);
         return;
     }
+    if !o.tokio {
+        epoll_loops(o, value);
+        return;
+    }
     let mut b = tokio::runtime::Builder::new_multi_thread();
     b.worker_threads(o.threads.max(1)).enable_all();
     // Scheduler knobs for experiments (see docs/performance.md).
@@ -252,5 +286,144 @@ fn per_core(o: Opts, value: std::sync::Arc<(Vec<u8>, Vec<u8>)>) {
     }
     for (next, s) in l.incoming().flatten().enumerate() {
         let _ = workers[next % workers.len()].send(s);
+    }
+}
+
+/// The default: N threads, each one epoll loop (level-triggered) over the
+/// connections the accepting thread handed it (round robin, through a queue and
+/// an eventfd), memtwin's and memcached's structure. One read, process, one
+/// write per ready connection; no task scheduler.
+fn epoll_loops(o: Opts, value: std::sync::Arc<(Vec<u8>, Vec<u8>)>) {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::sync::{Arc, Mutex};
+    let l = std::net::TcpListener::bind((o.addr.as_str(), o.port))
+        .unwrap_or_else(|e| panic!("bind {}:{}: {e}", o.addr, o.port));
+    struct Worker {
+        queue: Mutex<Vec<i32>>,
+        efd: i32,
+    }
+    let mut workers = Vec::new();
+    for _ in 0..o.threads.max(1) {
+        // SAFETY: plain syscall.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        assert!(efd >= 0, "eventfd");
+        let w = Arc::new(Worker {
+            queue: Mutex::new(Vec::new()),
+            efd,
+        });
+        let w2 = w.clone();
+        let value = value.clone();
+        let yield_after = if o.no_yield { usize::MAX } else { 4 };
+        std::thread::spawn(move || epoll_worker(&w2.queue, w2.efd, &value, yield_after));
+        workers.push(w);
+    }
+    for (next, s) in l.incoming().flatten().enumerate() {
+        let _ = s.set_nodelay(true);
+        let _ = s.set_nonblocking(true);
+        let w = &workers[next % workers.len()];
+        w.queue.lock().unwrap().push(s.into_raw_fd());
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+        unsafe { libc::write(w.efd, &one as *const u64 as *const libc::c_void, 8) };
+    }
+    let _ = l.as_raw_fd();
+}
+
+fn epoll_worker(
+    queue: &std::sync::Mutex<Vec<i32>>,
+    efd: i32,
+    value: &(Vec<u8>, Vec<u8>),
+    yield_after: usize,
+) {
+    use std::collections::HashMap;
+    struct Conn {
+        input: BytesMut,
+        out: BytesMut,
+    }
+    // SAFETY: plain syscalls on fds this thread owns.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: u64::MAX,
+    };
+    unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, efd, &mut ev) };
+    let mut conns: HashMap<i32, Conn> = HashMap::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    loop {
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
+        if n.max(0) as usize >= yield_after {
+            std::thread::yield_now();
+        }
+        for e in events.iter().take(n.max(0) as usize) {
+            let tok = e.u64;
+            if tok == u64::MAX {
+                let mut buf = 0u64;
+                unsafe { libc::read(efd, &mut buf as *mut u64 as *mut libc::c_void, 8) };
+                let fds: Vec<i32> = std::mem::take(&mut *queue.lock().unwrap());
+                for fd in fds {
+                    let mut ev = libc::epoll_event {
+                        events: libc::EPOLLIN as u32,
+                        u64: fd as u64,
+                    };
+                    unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+                    conns.insert(
+                        fd,
+                        Conn {
+                            input: BytesMut::with_capacity(16 * 1024),
+                            out: BytesMut::with_capacity(16 * 1024),
+                        },
+                    );
+                }
+                continue;
+            }
+            let fd = tok as i32;
+            let Some(c) = conns.get_mut(&fd) else {
+                continue;
+            };
+            if c.input.capacity() - c.input.len() < 8 * 1024 {
+                c.input.reserve(16 * 1024);
+            }
+            let spare = c.input.spare_capacity_mut();
+            let r = unsafe { libc::read(fd, spare.as_mut_ptr() as *mut libc::c_void, spare.len()) };
+            let mut close = r <= 0;
+            if r > 0 {
+                unsafe { c.input.set_len(c.input.len() + r as usize) };
+                let keep = process(&mut c.input, &mut c.out, &value.0, &value.1);
+                let mut off = 0;
+                while off < c.out.len() {
+                    let w = unsafe {
+                        libc::send(
+                            fd,
+                            c.out[off..].as_ptr() as *const libc::c_void,
+                            c.out.len() - off,
+                            libc::MSG_NOSIGNAL,
+                        )
+                    };
+                    if w <= 0 {
+                        // A benchmark server: a full socket buffer is waited out by spinning.
+                        if w < 0
+                            && std::io::Error::last_os_error().kind()
+                                == std::io::ErrorKind::WouldBlock
+                        {
+                            std::thread::yield_now();
+                            continue;
+                        }
+                        close = true;
+                        break;
+                    }
+                    off += w as usize;
+                }
+                c.out.clear();
+                close |= !keep;
+            } else if r < 0
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+            {
+                close = false;
+            }
+            if close {
+                conns.remove(&fd);
+                unsafe { libc::close(fd) };
+            }
+        }
     }
 }
