@@ -19,7 +19,8 @@
 //!   [`mutation`] stream, the single feed for persistence and replication.
 //! * [`session`] turns a connection's bytes into engine calls and replies
 //!   (one state machine per protocol, no sockets).
-//! * [`server`] owns sockets, connection tasks, limits and graceful shutdown.
+//! * [`server`] owns sockets: the accept loop, one epoll loop per worker thread
+//!   serving the connections assigned to it, limits and graceful shutdown.
 //! * [`persist`] is the disk subscriber of the mutation stream (sled): group
 //!   commit, fsync policy, warm restart, and the read-through backing that makes
 //!   RAM a cache over disk.

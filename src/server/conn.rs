@@ -149,11 +149,19 @@ impl<'a> Conn<'a> {
         Ok(())
     }
 
-    /// The socket has requests (or a hang-up, which the read reports).
-    pub fn readable(&mut self, ctx: &Ctx<'_>) -> Keep {
-        if self.interest != Interest::Read {
-            return Keep::Yes;
+    /// The socket reported readiness (or a hang-up or error): do what the
+    /// connection's state waits for. A reset is reported as readable and
+    /// writable, so `recv` or `send` notices it in either state, and a socket
+    /// that keeps reporting it is closed instead of spinning the loop.
+    pub fn ready(&mut self, ctx: &Ctx<'_>) -> Keep {
+        match self.interest {
+            Interest::Read => self.read(ctx),
+            Interest::Write => self.advance(ctx),
+            Interest::None => Keep::Yes,
         }
+    }
+
+    fn read(&mut self, ctx: &Ctx<'_>) -> Keep {
         if self.input.is_empty() {
             // Everything was consumed: read into the start of the buffer again
             // (reserve on an empty, unshared buffer just resets its offset), so
@@ -186,14 +194,6 @@ impl<'a> Conn<'a> {
             }
         }
         self.next = Next::Process;
-        self.advance(ctx)
-    }
-
-    /// The socket has room for the rest of the replies.
-    pub fn writable(&mut self, ctx: &Ctx<'_>) -> Keep {
-        if self.interest != Interest::Write {
-            return Keep::Yes;
-        }
         self.advance(ctx)
     }
 

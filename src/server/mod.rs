@@ -98,7 +98,7 @@ const REAP_SLICE: Duration = Duration::from_millis(100);
 /// Reclaim expired items on a thread of its own, a slice every 100 ms: a full
 /// pass over the table about every ten minutes, at least 10k items a second.
 /// Each examined item is a random, cache-cold lookup, so a pass of 10k items
-/// costs milliseconds: on a runtime worker it stalled every connection of that
+/// costs milliseconds: on a worker thread it stalled every connection of that
 /// worker once a second, which showed in p99 at fixed load. A pass per minute
 /// (the first choice) made a request cost 4.40 instead of 4.23 µs of CPU at 10 M
 /// items (scaling benchmark), where cost per request must not grow with the

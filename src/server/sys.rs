@@ -48,16 +48,6 @@ impl Interest {
     }
 }
 
-/// One readiness report: the token given at registration, and whether the
-/// peer hung up or the socket failed (then a read reports why).
-#[derive(Debug, Clone, Copy)]
-pub struct Event {
-    pub token: u64,
-    pub readable: bool,
-    pub writable: bool,
-    pub hangup: bool,
-}
-
 /// An epoll instance.
 #[derive(Debug)]
 pub struct Epoll {
@@ -99,8 +89,11 @@ impl Epoll {
         let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, Interest::None, 0);
     }
 
-    /// Wait up to `timeout_ms` (-1: forever) and append the reports to `out`.
-    pub fn wait(&mut self, timeout_ms: i32, out: &mut Vec<Event>) -> io::Result<()> {
+    /// Wait up to `timeout_ms` (-1: forever) and put the tokens of the ready
+    /// fds in `out`. What is ready is not reported: a connection's state says
+    /// what it waits for, and its `recv` or `send` then finds out (including a
+    /// hang-up or an error).
+    pub fn wait(&mut self, timeout_ms: i32, out: &mut Vec<u64>) -> io::Result<()> {
         out.clear();
         // SAFETY: `events` is a live buffer of `len` epoll_event entries.
         let n = unsafe {
@@ -116,13 +109,7 @@ impl Epoll {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
             Err(e) => return Err(e),
         };
-        let hup = (libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) as u32;
-        out.extend(self.events[..n].iter().map(|e| Event {
-            token: e.u64,
-            readable: e.events & (libc::EPOLLIN as u32) != 0,
-            writable: e.events & (libc::EPOLLOUT as u32) != 0,
-            hangup: e.events & hup != 0,
-        }));
+        out.extend(self.events[..n].iter().map(|e| e.u64));
         Ok(())
     }
 }
@@ -219,20 +206,23 @@ mod tests {
         );
         assert_eq!(send(&a, b"hello").expect("send"), 5);
         ep.wait(1000, &mut evs).expect("wait");
-        assert_eq!(evs.len(), 1);
-        assert_eq!(evs[0].token, 7);
-        assert!(evs[0].readable && !evs[0].hangup);
+        assert_eq!(evs, [7]);
         assert_eq!(recv(&b, &mut buf).expect("recv"), 5);
         assert_eq!(&buf[..], b"hello");
-        // Peer closes: hang-up reported, recv returns 0.
+        ep.wait(0, &mut evs).expect("wait");
+        assert!(
+            evs.is_empty(),
+            "level-triggered: reported only while unread"
+        );
+        // Peer closes: reported, and recv returns 0.
         drop(a);
         ep.wait(1000, &mut evs).expect("wait");
-        assert!(evs[0].hangup);
+        assert_eq!(evs, [7]);
         assert_eq!(recv(&b, &mut buf).expect("recv"), 0);
-        // Interest None: no more reports.
-        ep.modify(b.as_raw_fd(), Interest::None, 7).expect("modify");
+        // Deleted: no more reports although the hang-up stays.
+        ep.delete(b.as_raw_fd());
         ep.wait(0, &mut evs).expect("wait");
-        assert!(evs.iter().all(|e| !e.readable));
+        assert!(evs.is_empty());
     }
 
     #[test]
@@ -271,12 +261,12 @@ mod tests {
         ep.add(a.as_raw_fd(), Interest::Write, 3).expect("add");
         let mut evs = Vec::new();
         ep.wait(0, &mut evs).expect("wait");
-        assert!(evs.iter().all(|e| !e.writable), "buffer is full");
+        assert!(evs.is_empty(), "buffer is full");
         let mut buf = BytesMut::with_capacity(1 << 20);
         while recv(&b, &mut buf).is_ok() {
             buf.clear();
         }
         ep.wait(1000, &mut evs).expect("wait");
-        assert!(evs.iter().any(|e| e.writable && e.token == 3));
+        assert_eq!(evs, [3]);
     }
 }

@@ -203,8 +203,8 @@ impl<'s> Worker<'s> {
                 tracing::error!("worker {index}: epoll_wait failed: {e}; closing its connections");
                 break;
             }
-            for ev in &events {
-                if ev.token == INBOX {
+            for &token in &events {
+                if token == INBOX {
                     for m in self.inbox.take() {
                         match m {
                             Msg::Adopt(nc) => self.adopt(&mut slots, nc, stopping.is_some()),
@@ -221,18 +221,12 @@ impl<'s> Worker<'s> {
                     }
                     continue;
                 }
-                let ctx = self.ctx(ev.token);
-                let Some(c) = slots.get(ev.token) else {
+                let ctx = self.ctx(token);
+                let Some(c) = slots.get(token) else {
                     continue;
                 };
-                let keep = if ev.writable {
-                    c.writable(&ctx)
-                } else if ev.readable || ev.hangup {
-                    c.readable(&ctx)
-                } else {
-                    Keep::Yes
-                };
-                self.settle(&mut slots, ev.token, keep);
+                let keep = c.ready(&ctx);
+                self.settle(&mut slots, token, keep);
             }
             if events.len() >= YIELD_AFTER {
                 std::thread::yield_now();
