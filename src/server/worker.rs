@@ -50,13 +50,16 @@ struct Inbox {
 }
 
 impl Inbox {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Msg>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
     fn post(&self, m: Msg) {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(m);
+        self.queue().push(m);
         self.wake.notify();
     }
     fn take(&self) -> Vec<Msg> {
         self.wake.drain();
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.queue())
     }
 }
 
@@ -133,11 +136,11 @@ struct Worker<'s> {
 
 /// Connections by slot, with a generation per slot so that a message for a
 /// closed connection never reaches the one that reused its slot.
+#[derive(Default)]
 struct Slots<'a> {
     conns: Vec<Option<Conn<'a>>>,
     generation: Vec<u32>,
     free: Vec<usize>,
-    live: usize,
 }
 
 impl<'a> Slots<'a> {
@@ -156,39 +159,38 @@ impl<'a> Slots<'a> {
         }
         self.conns.get_mut(slot)?.as_mut()
     }
-    fn put(&mut self, slot: usize, c: Conn<'a>) {
-        self.conns[slot] = Some(c);
-        self.live += 1;
-    }
     fn close(&mut self, token: u64, shared: &Shared) {
         let slot = (token & 0xffff_ffff) as usize;
-        if let Some(c) = self.conns.get_mut(slot).and_then(Option::take) {
-            drop(c);
+        if self.generation.get(slot).copied() == Some((token >> 32) as u32) {
+            self.release(slot, shared);
+        }
+    }
+    /// Drop the connection in `slot` (if any) and retire its token.
+    fn release(&mut self, slot: usize, shared: &Shared) {
+        if self.conns[slot].take().is_some() {
             self.generation[slot] = self.generation[slot].wrapping_add(1);
             self.free.push(slot);
-            self.live -= 1;
             shared.curr_conns.fetch_sub(1, Ordering::AcqRel);
         }
     }
-    fn tokens(&self) -> Vec<u64> {
-        self.conns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.is_some())
-            .map(|(i, _)| (u64::from(self.generation[i]) << 32) | i as u64)
-            .collect()
+    /// Close every connection `pred` picks; returns how many stay open.
+    fn close_if(&mut self, shared: &Shared, pred: impl Fn(&Conn<'a>) -> bool) -> usize {
+        let mut open = 0;
+        for slot in 0..self.conns.len() {
+            match &self.conns[slot] {
+                Some(c) if pred(c) => self.release(slot, shared),
+                Some(_) => open += 1,
+                None => {}
+            }
+        }
+        open
     }
 }
 
 impl<'s> Worker<'s> {
     fn run(mut self, index: usize) {
         let shared = self.shared;
-        let mut slots = Slots {
-            conns: Vec::new(),
-            generation: Vec::new(),
-            free: Vec::new(),
-            live: 0,
-        };
+        let mut slots = Slots::default();
         let idle = shared.settings.idle_timeout;
         let mut events = Vec::with_capacity(EVENTS);
         let mut stopping: Option<Instant> = None;
@@ -234,36 +236,22 @@ impl<'s> Worker<'s> {
             let now = shared.engine.now();
             if idle > 0 && now != last_sweep {
                 last_sweep = now;
-                for t in slots.tokens() {
-                    let expired = slots.get(t).is_some_and(|c| {
-                        c.is_idle() && u64::from(now.saturating_sub(c.last_active)) >= idle
-                    });
-                    if expired {
-                        slots.close(t, shared);
-                    }
-                }
+                slots.close_if(shared, |c| {
+                    c.is_idle() && u64::from(now.saturating_sub(c.last_active)) >= idle
+                });
             }
             if let Some(deadline) = stopping {
-                for t in slots.tokens() {
-                    if slots.get(t).is_some_and(|c| c.is_idle()) {
-                        slots.close(t, shared);
-                    }
-                }
-                if slots.live == 0 {
+                let busy = slots.close_if(shared, |c| c.is_idle());
+                if busy == 0 {
                     return;
                 }
                 if Instant::now() >= deadline {
-                    tracing::warn!(
-                        "worker {index}: {} connection(s) did not finish in time",
-                        slots.live
-                    );
+                    tracing::warn!("worker {index}: {busy} connection(s) did not finish in time");
                     break;
                 }
             }
         }
-        for t in slots.tokens() {
-            slots.close(t, shared);
-        }
+        slots.close_if(shared, |_| true);
     }
 
     fn ctx(&self, token: u64) -> Ctx<'_> {
@@ -278,14 +266,15 @@ impl<'s> Worker<'s> {
     where
         's: 'a,
     {
+        if stopping {
+            // Accepted just before shutdown: closed (dropping the fd) unserved.
+            self.shared.curr_conns.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
         let registered = self.shared.conns.register(nc.entry);
         let (slot, token) = slots.vacant();
         match Conn::new(nc.fd, registered, &self.ctx(token)) {
-            Ok(c) if !stopping => slots.put(slot, c),
-            Ok(_) => {
-                slots.free.push(slot);
-                self.shared.curr_conns.fetch_sub(1, Ordering::AcqRel);
-            }
+            Ok(c) => slots.conns[slot] = Some(c),
             Err(e) => {
                 tracing::warn!("cannot watch a new connection: {e}");
                 slots.free.push(slot);
@@ -317,12 +306,7 @@ mod tests {
 
     #[test]
     fn slot_tokens_are_not_reused_across_generations() {
-        let mut s: Slots<'_> = Slots {
-            conns: Vec::new(),
-            generation: Vec::new(),
-            free: Vec::new(),
-            live: 0,
-        };
+        let mut s: Slots<'_> = Slots::default();
         let (slot, t1) = s.vacant();
         assert_eq!(slot, 0);
         // Nothing stored: closing is a no-op and the slot is not freed twice.
