@@ -195,6 +195,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut shared = Shared::new(engine.clone(), settings.clone());
     shared.auth = crate::auth::Auth::load(&settings)?;
     let shared = Arc::new(shared);
+    // Before the listeners exist: a client (or systemd) can see the port and
+    // signal us right away, and SIGTERM's default action would be an unclean exit.
+    // A signal during the warm restart stops the daemon once the load is done.
+    spawn_signal_handler(shared.clone())?;
     // Before dropping privileges: as root the hard limit can be raised too.
     match raise_fd_limit(settings.max_conns) {
         FdLimit::Raised(n) => tracing::debug!("open-files limit raised to {n}"),
@@ -226,7 +230,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     for l in listeners.iter() {
         tracing::info!("memtwin {} listening on {}", crate::VERSION, l.describe());
     }
-    spawn_signal_handler(shared.clone())?;
     let notifier = crate::systemd::Notifier::from_env();
     notifier.notify(&format!(
         "READY=1\nSTATUS=serving {} listener(s)",
