@@ -3,6 +3,10 @@
 use memtwin::config::Settings;
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOC: memtwin::store::pages::HugePageAdvisingAlloc =
+    memtwin::store::pages::HugePageAdvisingAlloc;
+
 fn main() -> ExitCode {
     let settings = match Settings::from_args(std::env::args_os()) {
         Ok(s) => s,

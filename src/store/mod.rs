@@ -47,6 +47,7 @@
 
 mod backing;
 mod item;
+pub mod pages;
 mod table;
 
 pub use backing::{Backing, BackingError, Persisted};
