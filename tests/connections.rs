@@ -97,7 +97,7 @@ fn many_connections_over_workers_are_accounted() {
     );
     drop(clients);
     let mut now = during;
-    for _ in 0..100 {
+    for _ in 0..500 {
         now = admin.stat("curr_connections").parse().expect("number");
         if now == during - 60 {
             break;
