@@ -220,6 +220,35 @@ def test_retry_after_failure_on_same_connection(sconn):
     assert call(sconn, NOOP).status == SUCCESS
 
 
+def test_failed_reauth_drops_authentication(sconn):
+    assert auth(sconn).status == SUCCESS
+    assert auth(sconn, plain(password=b"nope")).status == AUTH_ERROR
+    # a failed AUTH on an authenticated connection takes the authentication away
+    sconn.send(req(GET, b"k", opaque=6))
+    sconn.expect(auth_failure(GET, opaque=6))
+    sconn.expect_closed()
+
+
+def test_second_plain_on_authenticated_connection(sconn):
+    """A deliberate difference. memcached 1.6.18 with Cyrus SASL refuses a second
+    PLAIN on a connection that already authenticated ("Auth failure.", and the
+    connection is then unauthenticated); a third succeeds again. That refusal is
+    Cyrus's state machine, not a rule, and it is what made spymemcached's double
+    AuthThread race cancel operations for 2 s. memtwin accepts the correct
+    credentials every time. Both behaviours are pinned here."""
+    version = call(sconn, VERSION).value
+    assert auth(sconn).status == SUCCESS
+    second = auth(sconn, opaque=9)
+    if b"memtwin" in version:
+        assert (second.status, second.value) == (SUCCESS, b"Authenticated")
+        assert call(sconn, GET, b"k").status == KEY_ENOENT
+    else:
+        assert tuple(second) == (SASL_AUTH, AUTH_ERROR, b"", b"", AUTH_FAILURE, 0, 9)
+        p = auth(sconn)
+        assert (p.status, p.value) == (SUCCESS, b"Authenticated")
+        assert call(sconn, GET, b"k").status == KEY_ENOENT
+
+
 def test_unsupported_mechanism(sconn):
     p = call(sconn, SASL_AUTH, b"CRAM-MD5", opaque=7)
     assert tuple(p) == (SASL_AUTH, AUTH_ERROR, b"", b"", AUTH_FAILURE, 0, 7)
