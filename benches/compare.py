@@ -193,7 +193,8 @@ def measure(bins, servers, target, wl, conns, opts, pinned, keys=None, tolerate=
     """One run against `target`, retried while foreign load is above the limit."""
     threads = 1 if pinned else 2
     args = WORKLOADS[wl][1] + ["--conns", str(conns), "--duration", str(opts.duration),
-                               "--warmup", str(opts.warmup), "--keys", str(keys or opts.keys)]
+                               "--warmup", str(opts.warmup), "--keys", str(keys or opts.keys),
+                               "--connect-order", opts.connect_order]
     best = None
     for attempt in range(opts.retries + 1):
         res = loadgen(bins, target.port, args, pinned, threads, watch=[s.pid for s in servers],
@@ -784,6 +785,12 @@ def main():
                     help="scaling: connections in the items series (default 50)")
     ap.add_argument("--preload-conns", type=int, default=8,
                     help="scaling: generator connections for the preload (default 8)")
+    ap.add_argument("--connect-order", default="free", choices=["free", "interleaved", "blocked"],
+                    help="order in which the generator's threads connect (default free: a race). "
+                         "Servers deal connections to workers round robin, so with few connections "
+                         "'interleaved' gives each generator thread its own server worker and "
+                         "'blocked' makes every generator thread talk to every worker; "
+                         "see docs/performance.md, 'The 4-connection lottery'")
     ap.add_argument("--port-base", type=int, default=PORT_BASE,
                     help=f"servers get free ports in PORT_BASE..PORT_BASE+39 (default {PORT_BASE}); "
                          "give another base when a second benchmark runs on the machine")

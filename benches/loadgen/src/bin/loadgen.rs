@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -59,13 +59,44 @@ struct Opts {
     watch: Vec<u32>,
     seed: u64,
     drain: f64,
+    connect_order: ConnectOrder,
+}
+
+/// In which order the threads' connections reach the server's accept queue.
+/// Servers that deal connections to worker threads round robin (memcached,
+/// memtwin, the null server) map them by that order, so with few connections
+/// the order decides whether each generator thread talks to one server worker
+/// or to all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConnectOrder {
+    /// Every thread connects on its own, concurrently: the order is a race.
+    Free,
+    /// One at a time, thread 0's first, thread 1's first, ..., thread 0's second ...
+    Interleaved,
+    /// One at a time, all of thread 0's, then all of thread 1's ...
+    Blocked,
+}
+
+impl ConnectOrder {
+    /// Position of thread `t`'s `i`-th connection in the global order, given
+    /// every thread's number of connections.
+    fn position(self, per_thread: &[usize], t: usize, i: usize) -> usize {
+        match self {
+            ConnectOrder::Free => 0,
+            ConnectOrder::Blocked => per_thread[..t].iter().sum::<usize>() + i,
+            ConnectOrder::Interleaved => {
+                per_thread.iter().map(|&n| n.min(i)).sum::<usize>()
+                    + per_thread[..t].iter().filter(|&&n| n > i).count()
+            }
+        }
+    }
 }
 
 const USAGE: &str =
     "usage: memtwin-loadgen --addr HOST:PORT [--threads 1] [--conns 50] [--duration 8] \
 [--warmup 1] [--proto text|binary] [--keys 100000] [--key-prefix key:] [--value-size 100] \
 [--get-ratio 0.9] [--multiget 1] [--pipeline 1] [--rate REQ_PER_S] [--preload] \
-[--watch-pid PID]... [--seed N] [--drain 2]";
+[--watch-pid PID]... [--seed N] [--drain 2] [--connect-order free|interleaved|blocked]";
 
 fn parse_args() -> Result<Opts, String> {
     let mut o = Opts {
@@ -86,6 +117,7 @@ fn parse_args() -> Result<Opts, String> {
         watch: Vec::new(),
         seed: 0x9e37_79b9_7f4a_7c15,
         drain: 2.0,
+        connect_order: ConnectOrder::Free,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -129,6 +161,14 @@ fn parse_args() -> Result<Opts, String> {
             "--watch-pid" => o.watch.push(num(val()?, a)?),
             "--seed" => o.seed = num(val()?, a)?,
             "--drain" => o.drain = num(val()?, a)?,
+            "--connect-order" => {
+                o.connect_order = match val()?.as_str() {
+                    "free" => ConnectOrder::Free,
+                    "interleaved" => ConnectOrder::Interleaved,
+                    "blocked" => ConnectOrder::Blocked,
+                    x => return Err(format!("unknown connect order {x}")),
+                }
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             _ => return Err(format!("unknown argument {a}\n{USAGE}")),
         }
@@ -355,7 +395,14 @@ fn errno() -> i32 {
 }
 
 impl Worker {
-    fn new(opts: Arc<Opts>, idx: usize, n_conns: usize, epoch: Instant) -> io::Result<Worker> {
+    fn new(
+        opts: Arc<Opts>,
+        idx: usize,
+        per_thread: &[usize],
+        turn: &AtomicUsize,
+        epoch: Instant,
+    ) -> io::Result<Worker> {
+        let n_conns = per_thread[idx];
         let enc = Encoder {
             proto: opts.proto,
             prefix: opts.key_prefix.as_bytes().to_vec(),
@@ -375,7 +422,23 @@ impl Worker {
         };
         let mut conns = Vec::with_capacity(n_conns);
         for i in 0..n_conns {
-            let sock = TcpStream::connect_timeout(&opts.addr, Duration::from_secs(5))?;
+            let ordered = opts.connect_order != ConnectOrder::Free;
+            if ordered {
+                // Wait (bounded) for this connection's turn in the global order.
+                let me = opts.connect_order.position(per_thread, idx, i);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while turn.load(Ordering::Acquire) != me {
+                    if Instant::now() > deadline {
+                        return Err(io::Error::other("timed out waiting for the connect turn"));
+                    }
+                    std::thread::yield_now();
+                }
+            }
+            let sock = TcpStream::connect_timeout(&opts.addr, Duration::from_secs(5));
+            if ordered {
+                turn.fetch_add(1, Ordering::AcqRel);
+            }
+            let sock = sock?;
             sock.set_nodelay(true)?;
             sock.set_nonblocking(true)?;
             let fd = sock.as_raw_fd();
@@ -879,15 +942,21 @@ fn main() {
     let epoch = Instant::now();
     let go = Arc::new(AtomicU64::new(0));
     let barrier = Arc::new(Barrier::new(opts.threads + 1));
+    let per_thread: Arc<Vec<usize>> = Arc::new(
+        (0..opts.threads)
+            .map(|t| opts.conns / opts.threads + usize::from(t < opts.conns % opts.threads))
+            .collect(),
+    );
+    let turn = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
     for t in 0..opts.threads {
         let (opts, go, barrier) = (opts.clone(), go.clone(), barrier.clone());
-        let n = opts.conns / opts.threads + usize::from(t < opts.conns % opts.threads);
+        let (per_thread, turn) = (per_thread.clone(), turn.clone());
         handles.push(std::thread::spawn(
             move || -> Result<(Histogram, Totals), String> {
                 // SAFETY: prctl on the calling thread; 1 ns slack makes timed waits precise.
                 unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
-                let w = Worker::new(opts, t, n, epoch);
+                let w = Worker::new(opts, t, &per_thread, &turn, epoch);
                 barrier.wait();
                 barrier.wait();
                 let mut w = w.map_err(|e| format!("connect: {e}"))?;
@@ -1028,5 +1097,43 @@ fn main() {
     let _ = writeln!(out, "{json}");
     if !failed.is_empty() {
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectOrder;
+
+    /// Every connection gets a distinct turn, and the turns are 0..total.
+    fn turns(order: ConnectOrder, per_thread: &[usize]) -> Vec<Vec<usize>> {
+        per_thread
+            .iter()
+            .enumerate()
+            .map(|(t, &n)| (0..n).map(|i| order.position(per_thread, t, i)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn orders_are_permutations_in_the_promised_sequence() {
+        assert_eq!(
+            turns(ConnectOrder::Interleaved, &[2, 2]),
+            vec![vec![0, 2], vec![1, 3]]
+        );
+        assert_eq!(
+            turns(ConnectOrder::Blocked, &[2, 2]),
+            vec![vec![0, 1], vec![2, 3]]
+        );
+        assert_eq!(
+            turns(ConnectOrder::Interleaved, &[3, 2]),
+            vec![vec![0, 2, 4], vec![1, 3]]
+        );
+        for shape in [&[1usize][..], &[3, 3], &[26, 25], &[4, 1, 1], &[100, 100]] {
+            for order in [ConnectOrder::Interleaved, ConnectOrder::Blocked] {
+                let mut all: Vec<usize> = turns(order, shape).concat();
+                all.sort_unstable();
+                let total: usize = shape.iter().sum();
+                assert_eq!(all, (0..total).collect::<Vec<_>>(), "{order:?} {shape:?}");
+            }
+        }
     }
 }
