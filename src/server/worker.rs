@@ -152,16 +152,17 @@ impl<'a> Slots<'a> {
         });
         (slot, (u64::from(self.generation[slot]) << 32) | slot as u64)
     }
-    fn get(&mut self, token: u64) -> Option<&mut Conn<'a>> {
+    /// The slot `token` names, if the token is of the slot's current generation.
+    fn slot_of(&self, token: u64) -> Option<usize> {
         let slot = (token & 0xffff_ffff) as usize;
-        if self.generation.get(slot).copied() != Some((token >> 32) as u32) {
-            return None;
-        }
-        self.conns.get_mut(slot)?.as_mut()
+        (self.generation.get(slot).copied() == Some((token >> 32) as u32)).then_some(slot)
+    }
+    fn get(&mut self, token: u64) -> Option<&mut Conn<'a>> {
+        let slot = self.slot_of(token)?;
+        self.conns[slot].as_mut()
     }
     fn close(&mut self, token: u64, shared: &Shared) {
-        let slot = (token & 0xffff_ffff) as usize;
-        if self.generation.get(slot).copied() == Some((token >> 32) as u32) {
+        if let Some(slot) = self.slot_of(token) {
             self.release(slot, shared);
         }
     }

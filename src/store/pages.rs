@@ -17,6 +17,14 @@ pub const MIN_ADVISED: usize = 2 * HUGE_PAGE;
 
 pub struct HugePageAdvisingAlloc;
 
+/// Advise `ptr`'s block if it is big enough; returns `ptr`.
+fn advised(ptr: *mut u8, len: usize) -> *mut u8 {
+    if len >= MIN_ADVISED && !ptr.is_null() {
+        advise(ptr, len);
+    }
+    ptr
+}
+
 fn advise(ptr: *mut u8, len: usize) {
     let start = (ptr as usize).next_multiple_of(HUGE_PAGE);
     let end = (ptr as usize + len) & !(HUGE_PAGE - 1);
@@ -34,20 +42,12 @@ fn advise(ptr: *mut u8, len: usize) {
 unsafe impl GlobalAlloc for HugePageAdvisingAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if layout.size() >= MIN_ADVISED && !p.is_null() {
-            advise(p, layout.size());
-        }
-        p
+        advised(unsafe { System.alloc(layout) }, layout.size())
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if layout.size() >= MIN_ADVISED && !p.is_null() {
-            advise(p, layout.size());
-        }
-        p
+        advised(unsafe { System.alloc_zeroed(layout) }, layout.size())
     }
 
     #[inline]
@@ -57,11 +57,7 @@ unsafe impl GlobalAlloc for HugePageAdvisingAlloc {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if new_size >= MIN_ADVISED && !p.is_null() {
-            advise(p, new_size);
-        }
-        p
+        advised(unsafe { System.realloc(ptr, layout, new_size) }, new_size)
     }
 }
 

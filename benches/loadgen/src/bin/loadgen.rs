@@ -421,8 +421,8 @@ impl Worker {
             opts.pipeline
         };
         let mut conns = Vec::with_capacity(n_conns);
+        let ordered = opts.connect_order != ConnectOrder::Free;
         for i in 0..n_conns {
-            let ordered = opts.connect_order != ConnectOrder::Free;
             if ordered {
                 // Wait (bounded) for this connection's turn in the global order.
                 let me = opts.connect_order.position(per_thread, idx, i);
