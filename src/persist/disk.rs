@@ -22,9 +22,11 @@
 //! the inode, so a separately opened descriptor covers what sled wrote through
 //! its own.
 //!
-//! **Corruption.** sled can return `Corruption` or even panic when it opens a
-//! damaged directory (sled#1509, #1527, #1533). Opening is wrapped so both
-//! become a refusal to start that names the directory and tells the operator
+//! **Corruption.** sled can return `Corruption` or even panic when it opens or
+//! reads a damaged directory (sled#1509, #1527, #1533; seen here too: an
+//! assertion in `Node::set_leaf` while the warm restart scanned a log with
+//! 4 KiB of garbage in it). Opening and the warm restart's reads are wrapped so
+//! both become a refusal to start that names the directory and tells the operator
 //! how to move it aside. memtwin never deletes or "repairs" a data directory.
 //!
 //! Worse, sled treats a damaged message in the *middle* of its log like a torn
@@ -145,6 +147,13 @@ fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
+/// Run sled code that may panic on damaged data; a panic becomes
+/// `Err("sled panicked while <doing>: <message>")`.
+pub(crate) fn contain_sled_panic<T>(doing: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|p| format!("sled panicked while {doing}: {}", panic_text(p)))
+}
+
 /// Open sled at `path`, turning its panics into errors.
 pub(crate) fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, String> {
     let cfg = sled::Config::new()
@@ -153,11 +162,7 @@ pub(crate) fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, Strin
         .mode(sled::Mode::LowSpace)
         // memtwin decides when to flush and fsync (see the writer).
         .flush_every_ms(None);
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.open())) {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(p) => Err(format!("sled panicked while opening: {}", panic_text(p))),
-    }
+    contain_sled_panic("opening", || cfg.open())?.map_err(|e| e.to_string())
 }
 
 /// Drop a sled handle, containing a panic from its drop-time flush.
@@ -447,6 +452,14 @@ impl Disk {
         Ok(())
     }
 
+    /// Close the handle, containing a panic from sled's drop-time flush (after
+    /// a failed warm restart the data set may be damaged).
+    pub(crate) fn close(&self) {
+        if let Some(db) = self.write().take() {
+            close_sled(db);
+        }
+    }
+
     /// Shared access to the sled handle (None while a reopen failed).
     pub fn read(&self) -> RwLockReadGuard<'_, Option<sled::Db>> {
         self.db.read().unwrap_or_else(|p| p.into_inner())
@@ -462,7 +475,9 @@ impl Disk {
         let db = g
             .as_ref()
             .ok_or_else(|| "the data set is closed after an I/O error".to_string())?;
-        db.get(record::item_key(key)).map_err(|e| e.to_string())
+        // A damaged page must become an error reply, not a dead worker thread.
+        contain_sled_panic("reading an item", || db.get(record::item_key(key)))?
+            .map_err(|e| e.to_string())
     }
 
     /// Close sled and open it again (after an I/O error left it unusable:
@@ -595,6 +610,22 @@ impl Syncer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sled_panics_become_errors_that_say_what_was_being_done() {
+        assert_eq!(contain_sled_panic("reading", || 7), Ok(7));
+        let err = contain_sled_panic("reading the data set", || -> u8 {
+            panic!("assertion failed: *key < self.hi")
+        })
+        .expect_err("contained");
+        assert_eq!(
+            err,
+            "sled panicked while reading the data set: assertion failed: *key < self.hi"
+        );
+        let err = contain_sled_panic("opening", || -> u8 { panic!("{} {}", "node", 3) })
+            .expect_err("contained");
+        assert_eq!(err, "sled panicked while opening: node 3");
+    }
 
     fn make_data_set(dir: &Path, key: &[u8]) -> u128 {
         let (disk, opened) = Disk::open(dir, 8 << 20).expect("open");

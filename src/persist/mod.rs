@@ -271,7 +271,20 @@ impl Persistence {
         now: u32,
         on_progress: &mut dyn FnMut(u64),
     ) -> Result<LoadReport, OpenError> {
-        let r = load::warm_restart(&self.state, &self.opened, store, now, on_progress)?;
+        // sled can panic on a damaged log while it is read, not only when it
+        // is opened: that is a refusal to start, like any other damage.
+        let loaded = disk::contain_sled_panic("reading the data set", || {
+            load::warm_restart(&self.state, &self.opened, store, now, on_progress)
+        })
+        .map_err(|e| OpenError::unusable(self.state.disk.dir(), e))
+        .and_then(|r| r);
+        let r = match loaded {
+            Ok(r) => r,
+            Err(e) => {
+                self.state.disk.close();
+                return Err(e);
+            }
+        };
         self.state.applied.fetch_max(r.max_seq, Ordering::AcqRel);
         self.state.durable.fetch_max(r.max_seq, Ordering::AcqRel);
         if let Some(n) = self.state.disk.size_on_disk() {
