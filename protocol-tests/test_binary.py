@@ -393,10 +393,20 @@ def test_incr_decr_non_numeric(conn, key, opcode):
     assert_error(p, opcode, DELTA_BADVAL, MSG_BADVAL, opaque=2)
 
 
-def test_incr_wraps_at_2_pow_64(conn, key):
-    k = key()
-    bset(conn, k, b"18446744073709551615", flags=7)
-    p = call(conn, INCREMENT, k, delta_extras(2, 0, 0))
+def test_incr_wraps_at_2_pow_64(conn, key, target):
+    # memcached 1.6.18 answers DELTA_BADVAL to a binary incr of a 20-digit value
+    # now and then: 78 of 20 000 set+incr pairs on one connection, also when the
+    # value was set over the text protocol; text and meta incr never failed. The
+    # incr right after such a failure succeeded in 80 of 80 cases. That is the
+    # reference's bug (it failed CI once), so against memcached only a fresh key
+    # is tried again (bounded); memtwin must answer right the first time.
+    tries = 10 if target == "memcached" else 1
+    for attempt in range(tries):
+        k = key("-%d" % attempt)
+        bset(conn, k, b"18446744073709551615", flags=7)
+        p = call(conn, INCREMENT, k, delta_extras(2, 0, 0))
+        if p.status != DELTA_BADVAL:
+            break
     assert p.status == SUCCESS and p.value == struct.pack(">Q", 1)
     # in-place update: shorter result is space padded to the old length; flags kept
     assert_value(conn, k, b"1" + b" " * 19, flags=7)
