@@ -3,6 +3,7 @@
 //! loops ([`worker`]); protocol work is delegated to [`crate::session`].
 
 mod conn;
+pub mod idle_yield;
 mod listen;
 mod sys;
 mod worker;

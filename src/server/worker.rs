@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::idle_yield::IdleYield;
+
 /// Readiness reports one `epoll_wait` returns at most.
 const EVENTS: usize = 256;
 /// After a batch of this many readiness reports, give the CPU up once
@@ -196,15 +198,36 @@ impl<'s> Worker<'s> {
         let mut events = Vec::with_capacity(EVENTS);
         let mut stopping: Option<Instant> = None;
         let mut last_sweep = shared.engine.now();
+        let mut pacing = IdleYield::default();
         loop {
             let timeout = match stopping {
                 Some(_) => 50,
                 None if idle > 0 => 1000,
                 None => -1,
             };
-            if let Err(e) = self.epoll.wait(timeout, &mut events) {
-                tracing::error!("worker {index}: epoll_wait failed: {e}; closing its connections");
-                break;
+            // Having just served requests, look before sleeping: if nothing is
+            // ready, let a client that shares this CPU write its next request
+            // first (see `idle_yield`).
+            let mut polled = false;
+            if !events.is_empty() && pacing.wants() {
+                if let Err(e) = self.epoll.wait(0, &mut events) {
+                    tracing::error!(
+                        "worker {index}: epoll_wait failed: {e}; closing its connections"
+                    );
+                    break;
+                }
+                polled = !events.is_empty();
+                if !polled {
+                    pacing.yield_now();
+                }
+            }
+            if !polled {
+                if let Err(e) = self.epoll.wait(timeout, &mut events) {
+                    tracing::error!(
+                        "worker {index}: epoll_wait failed: {e}; closing its connections"
+                    );
+                    break;
+                }
             }
             for &token in &events {
                 if token == INBOX {

@@ -5,7 +5,8 @@
 //! every `set` is `STORED`, nothing is hashed or stored. By default it is built
 //! like memtwin's socket loop (`-t` threads, each one level-triggered epoll loop
 //! over the connections assigned to it at accept, one `recv` and one `send` per
-//! ready connection, a `sched_yield` after a batch of 4 or more), so
+//! ready connection, a `sched_yield` after a batch of 4 or more, and a poll
+//! and a timed yield before sleeping while such yields run someone), so
 //! `memtwin - null` is the cost of memtwin's own work per request.
 //!
 //! Flags: `-p PORT`, `-l ADDR`, `-t THREADS`, `--value-size N`; memcached's
@@ -13,8 +14,9 @@
 //! Experiments (docs/performance.md): `--tokio` (memtwin's earlier structure:
 //! one work-stealing tokio runtime, a task per connection), `--per-core` (a
 //! `current_thread` runtime per thread), `--no-yield` (epoll loops without the
-//! yield), and `NULL_SPIN_NS=N` in the environment (spin N ns per batch of
-//! requests, to emulate a server's own work).
+//! yield), `--no-idle-yield` (without memtwin's yield before sleeping,
+//! `server::idle_yield`), and `NULL_SPIN_NS=N` in the environment (spin N ns per
+//! batch of requests, to emulate a server's own work).
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +34,8 @@ struct Opts {
     tokio: bool,
     /// Epoll loops without the yield after large batches.
     no_yield: bool,
+    /// Epoll loops without the timed yield before sleeping.
+    no_idle_yield: bool,
 }
 
 fn parse() -> Opts {
@@ -43,6 +47,7 @@ fn parse() -> Opts {
         per_core: false,
         tokio: false,
         no_yield: false,
+        no_idle_yield: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -65,6 +70,11 @@ fn parse() -> Opts {
             }
             "--no-yield" => {
                 o.no_yield = true;
+                i += 1;
+                continue;
+            }
+            "--no-idle-yield" => {
+                o.no_idle_yield = true;
                 i += 1;
                 continue;
             }
@@ -314,7 +324,10 @@ fn epoll_loops(o: Opts, value: std::sync::Arc<(Vec<u8>, Vec<u8>)>) {
         let w2 = w.clone();
         let value = value.clone();
         let yield_after = if o.no_yield { usize::MAX } else { 4 };
-        std::thread::spawn(move || epoll_worker(&w2.queue, w2.efd, &value, yield_after));
+        let yield_idle = !o.no_idle_yield;
+        std::thread::spawn(move || {
+            epoll_worker(&w2.queue, w2.efd, &value, yield_after, yield_idle)
+        });
         workers.push(w);
     }
     for (next, s) in l.incoming().flatten().enumerate() {
@@ -334,6 +347,7 @@ fn epoll_worker(
     efd: i32,
     value: &(Vec<u8>, Vec<u8>),
     yield_after: usize,
+    yield_idle: bool,
 ) {
     use std::collections::HashMap;
     struct Conn {
@@ -348,9 +362,23 @@ fn epoll_worker(
     };
     unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, efd, &mut ev) };
     let mut conns: HashMap<i32, Conn> = HashMap::new();
+    let mut pacing = memtwin::server::idle_yield::IdleYield::default();
+    let mut served = false;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     loop {
-        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
+        // memtwin's pacing: having served requests, poll before sleeping and,
+        // if nothing is ready, yield once (while yields are not futile).
+        let mut n = 0;
+        if yield_idle && served && pacing.wants() {
+            n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 0) };
+            if n <= 0 {
+                pacing.yield_now();
+            }
+        }
+        if n <= 0 {
+            n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
+        }
+        served = n > 0;
         if n.max(0) as usize >= yield_after {
             std::thread::yield_now();
         }
