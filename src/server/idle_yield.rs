@@ -46,9 +46,28 @@ pub struct IdleYield {
 }
 
 impl IdleYield {
+    /// Wait for events through `wait(timeout_ms)`, which says whether any are
+    /// ready. If the previous batch `served` requests (and yields are not
+    /// backing off), poll with timeout 0 first and, if nothing is ready, yield
+    /// once before waiting with `timeout_ms`.
+    pub fn wait<E>(
+        &mut self,
+        served: bool,
+        timeout_ms: i32,
+        mut wait: impl FnMut(i32) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        if served && self.wants() {
+            if wait(0)? {
+                return Ok(());
+            }
+            self.yield_now();
+        }
+        wait(timeout_ms).map(|_| ())
+    }
+
     /// The worker is about to sleep after serving requests: should it first
     /// poll, and yield if nothing is ready? Counts down the back-off.
-    pub fn wants(&mut self) -> bool {
+    fn wants(&mut self) -> bool {
         if self.skip > 0 {
             self.skip -= 1;
             return false;
@@ -57,7 +76,7 @@ impl IdleYield {
     }
 
     /// Yield once, timing it.
-    pub fn yield_now(&mut self) {
+    fn yield_now(&mut self) {
         let started = Instant::now();
         std::thread::yield_now();
         self.record(started.elapsed());
@@ -111,6 +130,34 @@ mod tests {
             y.record(SWITCHED);
         }
         assert!(y.wants(), "never backed off: every streak was broken");
+    }
+
+    /// The timeouts `wait` passes to the epoll wait, which answers `ready`.
+    fn waits(y: &mut IdleYield, served: bool, timeout: i32, ready: bool) -> Vec<i32> {
+        let mut calls = Vec::new();
+        y.wait(served, timeout, |t| {
+            calls.push(t);
+            Ok::<_, ()>(ready)
+        })
+        .expect("no error");
+        calls
+    }
+
+    #[test]
+    fn wait_polls_first_only_after_serving() {
+        let mut y = IdleYield::default();
+        assert_eq!(
+            waits(&mut y, false, -1, true),
+            [-1],
+            "nothing served: sleep"
+        );
+        assert_eq!(waits(&mut y, true, -1, true), [0], "the poll found work");
+        assert_eq!(waits(&mut y, true, 50, false), [0, 50], "poll, yield, wait");
+        assert_eq!(
+            y.wait(true, -1, |_| Err::<bool, _>(7)),
+            Err(7),
+            "errors pass through"
+        );
     }
 
     #[test]

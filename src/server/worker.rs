@@ -208,26 +208,13 @@ impl<'s> Worker<'s> {
             // Having just served requests, look before sleeping: if nothing is
             // ready, let a client that shares this CPU write its next request
             // first (see `idle_yield`).
-            let mut polled = false;
-            if !events.is_empty() && pacing.wants() {
-                if let Err(e) = self.epoll.wait(0, &mut events) {
-                    tracing::error!(
-                        "worker {index}: epoll_wait failed: {e}; closing its connections"
-                    );
-                    break;
-                }
-                polled = !events.is_empty();
-                if !polled {
-                    pacing.yield_now();
-                }
-            }
-            if !polled {
-                if let Err(e) = self.epoll.wait(timeout, &mut events) {
-                    tracing::error!(
-                        "worker {index}: epoll_wait failed: {e}; closing its connections"
-                    );
-                    break;
-                }
+            let served = !events.is_empty();
+            let epoll = &mut self.epoll;
+            if let Err(e) = pacing.wait(served, timeout, |t| {
+                epoll.wait(t, &mut events).map(|()| !events.is_empty())
+            }) {
+                tracing::error!("worker {index}: epoll_wait failed: {e}; closing its connections");
+                break;
             }
             for &token in &events {
                 if token == INBOX {

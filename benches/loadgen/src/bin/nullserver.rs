@@ -369,15 +369,10 @@ fn epoll_worker(
         // memtwin's pacing: having served requests, poll before sleeping and,
         // if nothing is ready, yield once (while yields are not futile).
         let mut n = 0;
-        if yield_idle && served && pacing.wants() {
-            n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 0) };
-            if n <= 0 {
-                pacing.yield_now();
-            }
-        }
-        if n <= 0 {
-            n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
-        }
+        let _ = pacing.wait(yield_idle && served, -1, |t| {
+            n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, t) };
+            Ok::<_, ()>(n > 0)
+        });
         served = n > 0;
         if n.max(0) as usize >= yield_after {
             std::thread::yield_now();
