@@ -24,6 +24,9 @@
 //! * [`persist`] is the disk subscriber of the mutation stream (sled): group
 //!   commit, fsync policy, warm restart, and the read-through backing that makes
 //!   RAM a cache over disk.
+//! * [`version`] stamps item versions: a hybrid logical clock with the node id
+//!   in its low bits, so the twins' conflict rule is a comparison of two numbers
+//!   and a stamp can serve as a CAS token on both nodes.
 //! * [`auth`] holds the SASL / ASCII-auth credentials and their checks.
 //! * [`config`], [`stats`], [`clock`], [`systemd`] and [`daemon`] are operations glue.
 
@@ -40,6 +43,7 @@ pub mod session;
 pub mod stats;
 pub mod store;
 pub mod systemd;
+pub mod version;
 
 /// memtwin's own version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
