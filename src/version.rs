@@ -46,6 +46,8 @@ pub const NODE_BITS: u32 = 12;
 pub const MAX_NODE_ID: u16 = (1 << NODE_BITS) - 1;
 
 const NODE_MASK: u64 = (1 << NODE_BITS) - 1;
+/// The last millisecond the 41-bit field can hold.
+const MAX_MS: u64 = (1 << (64 - MS_SHIFT)) - 1;
 /// One step of the clock part (the counter's lowest bit).
 const TICK: u64 = 1 << NODE_BITS;
 
@@ -80,8 +82,11 @@ impl Version {
 
     /// The smallest stamp taken at `unix_ms` by any node: every write stamped
     /// at or after that millisecond compares above it.
+    /// Times past the field's end (2093) clamp to its last millisecond
+    /// instead of wrapping to a small value.
     pub fn floor_for_millis(unix_ms: u64) -> Version {
-        Version(unix_ms.saturating_sub(EPOCH_MS) << MS_SHIFT)
+        let ms = unix_ms.saturating_sub(EPOCH_MS).min(MAX_MS);
+        Version(ms << MS_SHIFT)
     }
 }
 
@@ -152,7 +157,11 @@ impl Hlc {
     }
 
     /// Make every later stamp greater than `v` (a version applied from the
-    /// twin or loaded from disk).
+    /// twin or loaded from disk). The clock follows whatever it observes, so a
+    /// twin with a wildly wrong clock could drag it far ahead: the link must
+    /// refuse peers whose clocks are skewed (the handshake compares them)
+    /// before their versions reach this. At the very top of the range the
+    /// clock saturates and would repeat its last stamp.
     pub fn observe(&self, v: Version) {
         self.last.fetch_max(v.0 & !NODE_MASK, Ordering::AcqRel);
     }
@@ -169,10 +178,17 @@ pub fn now_ms() -> u64 {
 /// A random node id in 1..=4095, from the kernel.
 pub fn generate_node_id() -> std::io::Result<u16> {
     use std::io::Read;
-    let mut b = [0u8; 2];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    let n = u16::from_le_bytes(b) % MAX_NODE_ID + 1;
-    Ok(n)
+    let mut f = std::fs::File::open("/dev/urandom")?;
+    // Rejection sampling keeps every id equally likely (a plain modulo
+    // would favour the lowest ones).
+    loop {
+        let mut b = [0u8; 2];
+        f.read_exact(&mut b)?;
+        let n = u16::from_le_bytes(b) & MAX_NODE_ID;
+        if n != 0 {
+            return Ok(n);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +213,10 @@ mod tests {
         // 2058 is where the sign bit would be reached.
         let late = Version::floor_for_millis(EPOCH_MS + (1 << 40) - 1);
         assert!(late.get() < 1 << 63);
+        // Past 2093 the floor clamps instead of wrapping to a tiny value.
+        let beyond = Version::floor_for_millis(u64::MAX);
+        assert!(beyond > Version::floor_for_millis(WALL));
+        assert_eq!(beyond.node_of(), 0);
     }
 
     #[test]
