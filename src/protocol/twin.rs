@@ -35,7 +35,7 @@
 //!   Flush tail:       at u32 | ceiling u64       (key_len = 0)
 //! ```
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -604,8 +604,8 @@ fn decode_item(r: &mut Reader, key: Bytes) -> Result<ItemRecord, FrameError> {
     })
 }
 
-/// Bounds-checked little-endian reader over a received frame; `take` hands out
-/// zero-copy slices of it.
+/// Bounds-checked little-endian reader over a received frame (the `bytes`
+/// crate's `try_get_*`, with our error); `take` hands out zero-copy slices.
 struct Reader(Bytes);
 
 impl Reader {
@@ -628,23 +628,31 @@ impl Reader {
     }
 
     fn u8(&mut self, what: &'static str) -> Result<u8, FrameError> {
-        Ok(self.array::<1>(what)?[0])
+        self.0.try_get_u8().map_err(|_| FrameError::Malformed(what))
     }
 
     fn u16(&mut self, what: &'static str) -> Result<u16, FrameError> {
-        self.array(what).map(u16::from_le_bytes)
+        self.0
+            .try_get_u16_le()
+            .map_err(|_| FrameError::Malformed(what))
     }
 
     fn u32(&mut self, what: &'static str) -> Result<u32, FrameError> {
-        self.array(what).map(u32::from_le_bytes)
+        self.0
+            .try_get_u32_le()
+            .map_err(|_| FrameError::Malformed(what))
     }
 
     fn u64(&mut self, what: &'static str) -> Result<u64, FrameError> {
-        self.array(what).map(u64::from_le_bytes)
+        self.0
+            .try_get_u64_le()
+            .map_err(|_| FrameError::Malformed(what))
     }
 
     fn u128(&mut self, what: &'static str) -> Result<u128, FrameError> {
-        self.array(what).map(u128::from_le_bytes)
+        self.0
+            .try_get_u128_le()
+            .map_err(|_| FrameError::Malformed(what))
     }
 
     fn finish(self) -> Result<(), FrameError> {
