@@ -182,9 +182,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let engine = Arc::new(Engine::new(
         EngineConfig {
             store: StoreConfig {
-                limit: settings.memory_limit,
-                evict: settings.evict,
-                use_cas: settings.cas,
+                // Standalone: the node id only keeps versions distinct from a
+                // twin's, so a random one does.
+                node_id: crate::version::generate_node_id().unwrap_or(1),
+                ..StoreConfig::standalone(settings.memory_limit, settings.evict, settings.cas)
             },
             item_size_max: settings.item_size_max,
         },
