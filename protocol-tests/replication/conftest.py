@@ -18,6 +18,13 @@ Fixtures:
 ``make_pair``   factory for a fresh pair: make_pair(proxy=True, data_dir=True,
                 node_ids=(1, 1), secrets=(...), start=True, wait_link=True)
 ``node``        factory for one extra Node (e.g. a third node with another secret)
+
+Dry run of the test mechanics (not a test of replication): with
+``MEMTWIN_REPL_DRYRUN=1`` both "nodes" of every pair are one standalone server
+(``--server-bin``, e.g. /usr/bin/memcached), so each replication check is
+trivially met and what remains checked is the tests' own protocol usage
+(commands, reply parsing, clients). Link, stats and outage tests fail there
+by design.
 """
 import os
 import re
@@ -50,12 +57,37 @@ def resolve_bin(config):
     return b
 
 
+DRYRUN = os.environ.get("MEMTWIN_REPL_DRYRUN", "") in ("1", "true", "yes")
+
+
+class DryPair:
+    """Both nodes are one standalone server (see MEMTWIN_REPL_DRYRUN above)."""
+
+    def __init__(self, binary, workdir):
+        n = Node(binary, "127.0.0.2", workdir, "dry", replicate=False)
+        self.a = self.b = n
+        self.nodes = [n]
+        self.link = None
+
+    def start(self, wait_link=True):
+        self.a.start()
+        return self
+
+    def stop(self):
+        self.a.stop()
+
+    def log_tails(self, lines=40):
+        return self.a.log_tail(lines)
+
+
 def pytest_collection_modifyitems(config, items):
     mine = [i for i in items if str(i.fspath).startswith(HERE + os.sep)]
     if not mine:
         return
     reason = None
-    if config.getoption("--target") != "memtwin":
+    if DRYRUN:
+        pass
+    elif config.getoption("--target") != "memtwin":
         reason = "twin replication is a memtwin feature (target is %s)" % config.getoption("--target")
     else:
         ok, why = binary_supports_replication(resolve_bin(config))
@@ -129,7 +161,7 @@ def pair(request, server_bin, logroot):
     d = os.path.join(logroot, _slug(request.module.__name__) + "-shared")
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
-    p = TwinPair(server_bin, d, d)
+    p = DryPair(server_bin, d) if DRYRUN else TwinPair(server_bin, d, d)
     try:
         p.start()
     except Exception:
@@ -148,8 +180,11 @@ def make_pair(request, server_bin, workdir):
              wait_link=True, extra=()):
         sub = os.path.join(workdir, "pair%d" % len(pairs))
         os.makedirs(sub)
-        p = TwinPair(server_bin, sub, sub, proxy=proxy, data_dir=data_dir, node_ids=node_ids,
-                     secrets=secrets, extra=extra)
+        if DRYRUN:
+            p = DryPair(server_bin, sub)
+        else:
+            p = TwinPair(server_bin, sub, sub, proxy=proxy, data_dir=data_dir, node_ids=node_ids,
+                         secrets=secrets, extra=extra)
         pairs.append(p)
         request.node._twin_nodes += p.nodes
         if start:
