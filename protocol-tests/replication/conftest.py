@@ -92,7 +92,7 @@ def pytest_collection_modifyitems(config, items):
     else:
         ok, why = binary_supports_replication(resolve_bin(config))
         if not ok:
-            reason = why
+            reason = why + ": replication suite skipped"
     skip_bin = os.environ.get("MEMTWIN_SKIP_BINARY", "") in ("1", "true", "yes")
     for item in mine:
         if item.get_closest_marker("harness"):

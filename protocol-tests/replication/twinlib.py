@@ -173,8 +173,8 @@ def binary_supports_replication(binary):
         return False, "cannot run %s --help: %s" % (binary, e)
     text = (r.stdout + r.stderr).decode(errors="replace")
     if FLAG_PEER not in text:
-        return False, ("%s does not know %s (twin replication not in this build yet): "
-                       "replication suite skipped" % (binary, FLAG_PEER))
+        return False, ("%s does not know %s (twin replication not in this build yet)"
+                       % (binary, FLAG_PEER))
     return True, ""
 
 
