@@ -1374,6 +1374,9 @@ impl Store {
         if version < last {
             return Applied::Stale;
         }
+        // The twin's whole resulting state: the ceiling in force there, and
+        // its latest (possibly delayed) flush.
+        self.flush.hidden.fetch_max(spec.hidden, Ordering::AcqRel);
         let spec = self.install_flush(spec.at, spec.ceiling, version, now);
         self.stream.publish(|seq| Mutation {
             seq,
@@ -1919,11 +1922,8 @@ mod tests {
             item: None,
             version: spec.version,
             remote: false,
-            flush: Some(FlushSpec {
-                at: 0,
-                ceiling: spec.hidden,
-                ..spec
-            }),
+            // As the link carries it: the resulting state.
+            flush: Some(spec),
         };
         put(&b, "k", "old on b", 0, NOW).expect("put");
         assert_eq!(b.apply_remote(&flush, NOW), Applied::Applied);
