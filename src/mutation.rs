@@ -229,6 +229,10 @@ pub struct SubscribeOptions {
     /// [`Subscription::gauge`]. Only for non-blocking subscribers that can
     /// repair a gap themselves (the twin link).
     pub byte_cap: Option<usize>,
+    /// Receive only records accepted here, not those applied from the twin
+    /// (the twin link, which never ships them back). When every subscriber
+    /// says so, a remote record is not even built.
+    pub local_only: bool,
 }
 
 impl AckHandle {
@@ -271,6 +275,7 @@ pub enum AckError {
 
 struct Sink {
     tx: Sender<Arc<Mutation>>,
+    local_only: bool,
     /// Set for byte-capped, lossy sinks.
     lossy: Option<Arc<QueueGauge>>,
 }
@@ -294,12 +299,20 @@ struct Sinks {
     senders: Vec<Sink>,
 }
 
+impl Sinks {
+    fn want_remote(&self) -> bool {
+        self.senders.iter().any(|s| !s.local_only)
+    }
+}
+
 /// The single stream of mutations.
 pub struct MutationStream {
     /// Taken by every write on every worker: on a cache line of its own, so it
     /// does not evict what readers share (`active`, the lists).
     last_seq: CachePadded<AtomicU64>,
     active: AtomicBool,
+    /// Some subscriber takes records applied from the twin (the disk does).
+    remote_wanted: AtomicBool,
     sinks: Mutex<Sinks>,
     acks: Mutex<Vec<Arc<AckHandle>>>,
     /// Snapshot of the blocking ack handles, for lock-free checks on the hot path.
@@ -359,6 +372,7 @@ impl MutationStream {
         MutationStream {
             last_seq: CachePadded::new(AtomicU64::new(last)),
             active: AtomicBool::new(false),
+            remote_wanted: AtomicBool::new(false),
             sinks: Mutex::new(Sinks::default()),
             acks: Mutex::new(Vec::new()),
             blocking: arc_list::ArcList::default(),
@@ -387,6 +401,7 @@ impl MutationStream {
                 blocking,
                 gate_writes: blocking,
                 byte_cap: None,
+                local_only: false,
             },
         )
     }
@@ -407,10 +422,16 @@ impl MutationStream {
             healthy: AtomicBool::new(true),
             blocking,
         });
-        lock(&self.sinks).senders.push(Sink {
-            tx,
-            lossy: opts.byte_cap.map(|_| gauge.clone()),
-        });
+        {
+            let mut sinks = lock(&self.sinks);
+            sinks.senders.push(Sink {
+                tx,
+                local_only: opts.local_only,
+                lossy: opts.byte_cap.map(|_| gauge.clone()),
+            });
+            self.remote_wanted
+                .store(sinks.want_remote(), Ordering::SeqCst);
+        }
         lock(&self.acks).push(ack.clone());
         if blocking {
             self.blocking.push(ack.clone());
@@ -432,7 +453,15 @@ impl MutationStream {
     /// `build(seq)`. Returns the sequence number.
     #[inline]
     pub fn publish(&self, build: impl FnOnce(u64) -> Mutation) -> u64 {
-        if !self.is_active() {
+        self.publish_from(false, build)
+    }
+
+    /// [`MutationStream::publish`] for a record that is `remote` (applied from
+    /// the twin) or not: a remote record goes only to subscribers that want
+    /// them, and is not built when none does.
+    #[inline]
+    pub fn publish_from(&self, remote: bool, build: impl FnOnce(u64) -> Mutation) -> u64 {
+        if !self.is_active() || (remote && !self.remote_wanted.load(Ordering::Relaxed)) {
             return self.last_seq.fetch_add(1, Ordering::SeqCst) + 1;
         }
         let mut sinks = lock(&self.sinks);
@@ -441,7 +470,9 @@ impl MutationStream {
         if matches!(m.op, Op::Store | Op::Touch | Op::Delete | Op::Flush) {
             PUBLISHED.with(|c| c.set(c.get().max(seq)));
         }
-        sinks.senders.retain(|sink| sink.send(&m));
+        sinks
+            .senders
+            .retain(|sink| (remote && sink.local_only) || sink.send(&m));
         seq
     }
 
@@ -607,6 +638,32 @@ mod tests {
     }
 
     #[test]
+    fn remote_records_skip_local_only_subscribers_and_are_not_built_for_them() {
+        let s = MutationStream::new();
+        let twin = s.subscribe_with(
+            16,
+            SubscribeOptions {
+                byte_cap: Some(1 << 20),
+                local_only: true,
+                ..Default::default()
+            },
+        );
+        s.publish_from(true, |_| unreachable!("nobody wants remote records"));
+        s.publish(rec);
+        assert_eq!(twin.rx.len(), 1);
+        let disk = s.subscribe(16, false);
+        s.publish_from(true, |seq| Mutation {
+            remote: true,
+            ..rec(seq)
+        });
+        assert_eq!(
+            (twin.rx.len(), disk.rx.len()),
+            (1, 1),
+            "only the disk gets it"
+        );
+    }
+
+    #[test]
     fn only_local_client_changes_are_shipped() {
         let store = Mutation {
             op: Op::Store,
@@ -636,6 +693,7 @@ mod tests {
                 blocking: false,
                 gate_writes: true,
                 byte_cap: None,
+                local_only: false,
             },
         );
         assert!(!s.must_wait());

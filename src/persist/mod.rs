@@ -308,6 +308,7 @@ impl Persistence {
                 blocking: mode == FsyncMode::Always,
                 gate_writes: true,
                 byte_cap: None,
+                local_only: false,
             },
         );
         let _ = self.state.queue.set(sub.rx.clone());

@@ -763,7 +763,7 @@ impl Store {
         remote: bool,
         tombstone: Option<ItemState>,
     ) -> u64 {
-        let seq = self.stream.publish(|seq| Mutation {
+        let seq = self.stream.publish_from(remote, |seq| Mutation {
             seq,
             op,
             key: Bytes::copy_from_slice(key),
@@ -950,7 +950,7 @@ impl Store {
     }
 
     fn publish_put(&self, key: &[u8], state: &ItemState, op: Op, remote: bool) -> u64 {
-        self.stream.publish(|seq| Mutation {
+        self.stream.publish_from(remote, |seq| Mutation {
             seq,
             op,
             key: Bytes::copy_from_slice(key),
