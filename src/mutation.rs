@@ -32,7 +32,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -81,13 +81,17 @@ pub struct ItemState {
     pub bits: u8,
 }
 
-/// A logical flush: items last stored before `at` (Unix seconds) become invisible
-/// once the clock reaches `at`, and items with a sequence number `<= seq_ceiling`
-/// are invisible at once.
+/// A logical flush: once the clock reaches `at` (Unix seconds), every item whose
+/// version is at or below `ceiling` is invisible. An immediate flush has `at` =
+/// now and its own version as the ceiling; `flush_all N` has the floor of
+/// second `N` as the ceiling, so what is written from then on survives it.
+/// `version` is the flush's own stamp: a node applies a twin's flush only if it
+/// is newer than the last flush it applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FlushSpec {
     pub at: u32,
-    pub seq_ceiling: u64,
+    pub ceiling: u64,
+    pub version: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,18 +102,102 @@ pub struct Mutation {
     pub key: Bytes,
     /// Present for `Store` and `Touch`.
     pub item: Option<ItemState>,
-    /// For `Store` and `Touch`: Unix time of the item's last write (a touch keeps
-    /// the previous one), which decides whether a delayed `flush_all` hides it.
-    /// 0 for other records.
-    pub stored_at: u32,
+    /// The change's version (`crate::version::Version`): the conflict rule's
+    /// order, stamped by the node that accepted the write. For `Delete` it is
+    /// the tombstone's version; for `Expire` the version of the item that
+    /// expired; 0 for `Evict`.
+    pub version: u64,
+    /// Applied from the twin (or loaded), not accepted from a client here: the
+    /// disk writer keeps it, the twin link never ships it back.
+    pub remote: bool,
     /// Present for `Flush`.
     pub flush: Option<FlushSpec>,
+}
+
+impl Mutation {
+    /// About how many bytes the record holds (for byte-capped queues).
+    pub fn size(&self) -> usize {
+        64 + self.key.len() + self.item.as_ref().map_or(0, |i| i.value.len())
+    }
+
+    /// Whether the twin link ships it: client changes accepted here.
+    pub fn is_shipped(&self) -> bool {
+        !self.remote && matches!(self.op, Op::Store | Op::Touch | Op::Delete | Op::Flush)
+    }
 }
 
 /// Handle given to a subscriber: records arrive on `rx`; acknowledge with `ack`.
 pub struct Subscription {
     pub rx: Receiver<Arc<Mutation>>,
     pub ack: Arc<AckHandle>,
+    /// Bytes queued and records dropped, for a byte-capped subscription
+    /// ([`SubscribeOptions::byte_cap`]); unused otherwise.
+    pub gauge: Arc<QueueGauge>,
+}
+
+/// The fill of a byte-capped, lossy subscription. Publishers never wait for
+/// such a subscriber: a record that would take the queue over its cap is
+/// dropped and counted, and the subscriber learns from
+/// [`QueueGauge::take_overflowed`] that it has a gap to repair by other means
+/// (the twin link rescans the table). The consumer reports each record it takes
+/// with [`QueueGauge::consumed`].
+#[derive(Debug, Default)]
+pub struct QueueGauge {
+    cap: usize,
+    queued: AtomicUsize,
+    overflows: AtomicU64,
+    overflowed: AtomicBool,
+}
+
+impl QueueGauge {
+    /// A gauge for a queue of at most `cap` bytes (0: unbounded, never lossy).
+    pub fn new(cap: usize) -> Self {
+        QueueGauge {
+            cap,
+            ..Default::default()
+        }
+    }
+
+    /// Try to account for a record of `size` bytes; false = over the cap (dropped).
+    fn admit(&self, size: usize) -> bool {
+        if self.cap == 0 {
+            return true;
+        }
+        let before = self.queued.fetch_add(size, Ordering::Relaxed);
+        if before + size > self.cap && before > 0 {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
+            self.dropped();
+            return false;
+        }
+        true
+    }
+
+    fn dropped(&self) {
+        self.overflows.fetch_add(1, Ordering::Relaxed);
+        self.overflowed.store(true, Ordering::SeqCst);
+    }
+
+    /// The consumer took `m` off the queue.
+    pub fn consumed(&self, m: &Mutation) {
+        if self.cap != 0 {
+            self.queued.fetch_sub(m.size(), Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Records dropped for lack of room, ever.
+    pub fn overflows(&self) -> u64 {
+        self.overflows.load(Ordering::Relaxed)
+    }
+
+    /// Whether records were dropped since the last call; resets the flag.
+    pub fn take_overflowed(&self) -> bool {
+        self.overflowed.swap(false, Ordering::SeqCst)
+    }
 }
 
 /// The subscriber's side of acknowledgements.
@@ -127,6 +215,11 @@ pub struct SubscribeOptions {
     pub blocking: bool,
     /// While this subscriber is unhealthy, the engine refuses writes. Implied by `blocking`.
     pub gate_writes: bool,
+    /// Bound the queue by bytes instead of by count, and never make a publisher
+    /// wait: records over the cap are dropped and counted in the
+    /// [`Subscription::gauge`]. Only for non-blocking subscribers that can
+    /// repair a gap themselves (the twin link).
+    pub byte_cap: Option<usize>,
 }
 
 impl AckHandle {
@@ -167,9 +260,29 @@ pub enum AckError {
     Closed,
 }
 
+struct Sink {
+    tx: Sender<Arc<Mutation>>,
+    /// Set for byte-capped, lossy sinks.
+    lossy: Option<Arc<QueueGauge>>,
+}
+
+impl Sink {
+    /// Hand `m` over; false once the subscriber is gone.
+    fn send(&self, m: &Arc<Mutation>) -> bool {
+        match &self.lossy {
+            None => self.tx.send(m.clone()).is_ok(),
+            Some(g) => {
+                // Dropped for lack of room: counted, and the sink stays (a
+                // gone subscriber is noticed at the next record that fits).
+                !g.admit(m.size()) || self.tx.send(m.clone()).is_ok()
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Sinks {
-    senders: Vec<Sender<Arc<Mutation>>>,
+    senders: Vec<Sink>,
 }
 
 /// The single stream of mutations.
@@ -264,13 +377,20 @@ impl MutationStream {
             SubscribeOptions {
                 blocking,
                 gate_writes: blocking,
+                byte_cap: None,
             },
         )
     }
 
     /// [`MutationStream::subscribe`] with explicit options.
     pub fn subscribe_with(&self, capacity: usize, opts: SubscribeOptions) -> Subscription {
-        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        // A byte-capped queue is bounded by its gauge; the channel itself must
+        // never make a publisher wait.
+        let (tx, rx) = match opts.byte_cap {
+            Some(_) => crossbeam_channel::unbounded(),
+            None => crossbeam_channel::bounded(capacity.max(1)),
+        };
+        let gauge = Arc::new(QueueGauge::new(opts.byte_cap.unwrap_or(0)));
         let (acked, _) = watch::channel(self.last_seq());
         let blocking = opts.blocking;
         let ack = Arc::new(AckHandle {
@@ -278,7 +398,10 @@ impl MutationStream {
             healthy: AtomicBool::new(true),
             blocking,
         });
-        lock(&self.sinks).senders.push(tx);
+        lock(&self.sinks).senders.push(Sink {
+            tx,
+            lossy: opts.byte_cap.map(|_| gauge.clone()),
+        });
         lock(&self.acks).push(ack.clone());
         if blocking {
             self.blocking.push(ack.clone());
@@ -287,7 +410,7 @@ impl MutationStream {
             self.gating.push(ack.clone());
         }
         self.active.store(true, Ordering::SeqCst);
-        Subscription { rx, ack }
+        Subscription { rx, ack, gauge }
     }
 
     /// Whether anyone listens (records are only built then).
@@ -309,7 +432,7 @@ impl MutationStream {
         if matches!(m.op, Op::Store | Op::Touch | Op::Delete | Op::Flush) {
             PUBLISHED.with(|c| c.set(c.get().max(seq)));
         }
-        sinks.senders.retain(|tx| tx.send(m.clone()).is_ok());
+        sinks.senders.retain(|sink| sink.send(&m));
         seq
     }
 
@@ -362,7 +485,8 @@ mod tests {
             op: Op::Delete,
             key: Bytes::from_static(b"k"),
             item: None,
-            stored_at: 0,
+            version: seq,
+            remote: false,
             flush: None,
         }
     }
@@ -447,6 +571,51 @@ mod tests {
     }
 
     #[test]
+    fn byte_capped_subscriber_drops_and_counts_instead_of_blocking() {
+        let s = MutationStream::new();
+        let one = rec(1).size();
+        let sub = s.subscribe_with(
+            1,
+            SubscribeOptions {
+                byte_cap: Some(one * 3),
+                ..Default::default()
+            },
+        );
+        for _ in 0..10 {
+            s.publish(rec);
+        }
+        assert_eq!(sub.rx.len(), 3, "the cap holds three records");
+        assert_eq!(sub.gauge.queued_bytes(), one * 3);
+        assert_eq!(sub.gauge.overflows(), 7);
+        assert!(sub.gauge.take_overflowed());
+        assert!(!sub.gauge.take_overflowed(), "the flag resets");
+        let m = sub.rx.try_recv().expect("queued");
+        sub.gauge.consumed(&m);
+        assert_eq!(sub.gauge.queued_bytes(), one * 2);
+        s.publish(rec);
+        assert_eq!(sub.rx.len(), 3, "room again after the consumer took one");
+        assert_eq!(sub.gauge.overflows(), 7);
+    }
+
+    #[test]
+    fn only_local_client_changes_are_shipped() {
+        let store = Mutation {
+            op: Op::Store,
+            ..rec(1)
+        };
+        assert!(store.is_shipped());
+        assert!(rec(1).is_shipped(), "a delete is shipped");
+        assert!(!Mutation {
+            remote: true,
+            ..store.clone()
+        }
+        .is_shipped());
+        for op in [Op::Expire, Op::Evict] {
+            assert!(!Mutation { op, ..rec(1) }.is_shipped());
+        }
+    }
+
+    #[test]
     fn gating_subscriber_refuses_writes_without_blocking() {
         let s = MutationStream::new();
         let plain = s.subscribe(16, false);
@@ -457,6 +626,7 @@ mod tests {
             SubscribeOptions {
                 blocking: false,
                 gate_writes: true,
+                byte_cap: None,
             },
         );
         assert!(!s.must_wait());
