@@ -371,6 +371,13 @@ impl BinarySession {
                 b"items" => report::items(sh),
                 b"slabs" => report::slabs(sh),
                 b"sizes" => vec![("sizes_status", "disabled".to_string())],
+                b"replication" => match report::replication(sh) {
+                    Some(p) => p,
+                    None => {
+                        put_error(out, to, Status::KeyNotFound);
+                        return;
+                    }
+                },
                 _ => {
                     put_error(out, to, Status::KeyNotFound);
                     return;

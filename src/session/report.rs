@@ -106,7 +106,17 @@ pub fn general(shared: &Shared) -> Pairs {
         }
         None => v.push(("memtwin_persist_enabled", "0".into())),
     }
+    // Twin replication (`--peer`): only when configured.
+    if let Some(t) = shared.twin.get() {
+        v.extend(t.report());
+    }
     v
+}
+
+/// `stats replication`: the link's fields without the `repl_` prefix; None
+/// without `--peer`, so the group is unknown as it is in memcached.
+pub fn replication(shared: &Shared) -> Option<Pairs> {
+    shared.twin.get().map(|t| t.report_group())
 }
 
 /// `stats settings`.
