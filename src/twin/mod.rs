@@ -119,6 +119,15 @@ impl<O: Send + Sync + 'static> TwinStore for Projected<O> {
     }
 }
 
+/// The daemon's store as the link reaches it: through the engine that owns
+/// it. Becomes `Some(Arc::new(Projected::new(engine.clone(), |e| e.store())))`
+/// once `Store` implements [`TwinStore`]; until then `--peer` refuses to
+/// start rather than run without replication.
+pub fn engine_store(engine: &Arc<crate::engine::Engine>) -> Option<Arc<dyn TwinStore>> {
+    let _ = engine;
+    None
+}
+
 /// Run a store call that may touch the disk without stalling the runtime's
 /// only worker: on a multi-threaded runtime the worker hands its other tasks
 /// over first; elsewhere (single-threaded tests) it just runs.
