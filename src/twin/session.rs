@@ -88,6 +88,8 @@ struct Link {
     peer: u16,
     /// Highest live seq of the twin applied on this link (to acknowledge).
     applied_seq: AtomicU64,
+    /// Wakes an idle sender when there is something to acknowledge.
+    applied: tokio::sync::Notify,
     /// (last seq of a shipped batch, write time of its oldest record).
     unacked: Mutex<VecDeque<(u64, u64)>>,
 }
@@ -142,6 +144,7 @@ where
     let link = Link {
         peer: peer.node,
         applied_seq: AtomicU64::new(0),
+        applied: tokio::sync::Notify::new(),
         unacked: Mutex::new(VecDeque::new()),
     };
     let st = &node.stats;
@@ -240,6 +243,7 @@ fn apply_batch(node: &Node, link: &Link, records: Vec<Record>) {
     }
     if max_seq > 0 {
         link.applied_seq.fetch_max(max_seq, Ordering::Relaxed);
+        link.applied.notify_one();
         node.update_position(link.peer, |p| p.seq = p.seq.max(max_seq));
     }
 }
@@ -309,9 +313,18 @@ async fn send<W: AsyncWrite + Unpin>(
         if busy {
             tokio::task::yield_now().await;
         } else {
-            let wake = s.next_ack.min(s.next_ping);
+            // Idle and nothing to acknowledge: sleep until the next ping
+            // rather than ticking every ack interval.
+            let ack_due = link.applied_seq.load(Ordering::Relaxed) > s.acked_sent
+                || (s.scan.is_none() && s.live_max > s.synced);
+            let wake = if ack_due {
+                s.next_ack.min(s.next_ping)
+            } else {
+                s.next_ping
+            };
             tokio::select! {
                 _ = outbox.ready() => {}
+                _ = link.applied.notified(), if !ack_due => {}
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }

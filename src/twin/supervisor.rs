@@ -411,7 +411,7 @@ async fn accept_loop(
                 }
                 Err(e) => {
                     note_refusal(&node, &e);
-                    if let Some(suppressed) = lock(&log).allow() {
+                    if let Some(suppressed) = lock(&log).allow(&e.to_string()) {
                         let more = if suppressed > 0 {
                             format!(" ({suppressed} similar messages suppressed)")
                         } else {
@@ -425,24 +425,30 @@ async fn accept_loop(
     }
 }
 
-/// At most one log line per second from the listener, whatever connects.
+/// At most one log line per second from the listener, whatever connects,
+/// and the same message (a twin retrying with a wrong secret) once a minute.
 #[derive(Default)]
 struct RateLimit {
     last: Option<Instant>,
+    last_message: String,
     suppressed: u64,
 }
 
 impl RateLimit {
-    fn allow(&mut self) -> Option<u64> {
+    /// Some(lines suppressed since the last one) if `message` may be logged.
+    fn allow(&mut self, message: &str) -> Option<u64> {
         let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
+        let quiet = if message == self.last_message {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(1)
+        };
+        if self.last.is_some_and(|t| now.duration_since(t) < quiet) {
             self.suppressed += 1;
             return None;
         }
         self.last = Some(now);
+        message.clone_into(&mut self.last_message);
         Some(std::mem::take(&mut self.suppressed))
     }
 }
@@ -573,6 +579,17 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listener_logs_are_rate_limited() {
+        let mut r = RateLimit::default();
+        assert_eq!(r.allow("a"), Some(0));
+        assert_eq!(r.allow("a"), None);
+        assert_eq!(r.allow("b"), None, "within a second");
+        r.last = Some(Instant::now() - Duration::from_secs(2));
+        assert_eq!(r.allow("a"), None, "the same one waits a minute");
+        assert_eq!(r.allow("b"), Some(3), "a different message after a second");
+    }
 
     #[test]
     fn backoff_grows_caps_and_jitters() {
