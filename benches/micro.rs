@@ -26,11 +26,7 @@ const KEYS: usize = 100_000;
 fn engine() -> Arc<Engine> {
     Arc::new(Engine::new(
         EngineConfig {
-            store: StoreConfig {
-                limit: 1 << 30,
-                evict: true,
-                use_cas: true,
-            },
+            store: StoreConfig::standalone(1 << 30, true, true),
             item_size_max: 1 << 20,
         },
         Arc::new(Clock::fixed(1_800_000_000)),

@@ -187,9 +187,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let engine = Arc::new(Engine::new(
         EngineConfig {
             store: StoreConfig {
-                limit: settings.memory_limit,
-                evict: settings.evict,
-                use_cas: settings.cas,
+                node_id,
+                // Tombstones exist only for a twin: standalone costs as before.
+                tombstones: settings.replication.is_some(),
+                tombstone_ttl: u32::try_from(settings.tombstone_ttl).unwrap_or(u32::MAX),
+                ..StoreConfig::standalone(settings.memory_limit, settings.evict, settings.cas)
             },
             item_size_max: settings.item_size_max,
         },
@@ -332,12 +334,7 @@ async fn start_twin(
     // The largest item must fit one frame (both twins need the same -I).
     cfg.max_frame =
         crate::protocol::twin::MAX_FRAME_DEFAULT.max(settings.item_size_max + (64 << 10));
-    let Some(store) = crate::twin::engine_store(engine) else {
-        bail!(
-            "--peer: this build's store cannot replicate yet (TwinStore is not implemented for it)"
-        );
-    };
-    Twin::start(store, cfg)
+    Twin::start(crate::twin::engine_store(engine), cfg)
         .await
         .with_context(|| format!("cannot listen for the twin on {}", r.listen))
 }

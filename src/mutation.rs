@@ -76,19 +76,28 @@ pub struct ItemState {
     /// Absolute Unix expiry, 0 = never.
     pub exptime: u32,
     pub cas: u64,
+    /// The version of this state (`crate::version::Version`): the conflict
+    /// rule's order. Equal to `cas` for writes that change the value (when CAS
+    /// is on); a touch keeps the cas and gets a new version. 0 in a state a
+    /// command builds means "stamp it now": the store takes the next version
+    /// under the key's lock.
+    pub version: u64,
     /// Meta-protocol state bits (see `store::item::Bits`), so a replica can
     /// reproduce stale/win-token state.
     pub bits: u8,
 }
 
-/// A logical flush: once the clock reaches `at` (Unix seconds), every item whose
-/// version is at or below `ceiling` is invisible. An immediate flush has `at` =
-/// now and its own version as the ceiling; `flush_all N` has the floor of
-/// second `N` as the ceiling, so what is written from then on survives it.
-/// `version` is the flush's own stamp: a node applies a twin's flush only if it
-/// is newer than the last flush it applied.
+/// The flush state after a `flush_all`, as records carry it (the resulting
+/// state, like every record). Every item whose version is at or below `hidden`
+/// is invisible; once the clock reaches `at` (Unix seconds, 0 = no delayed
+/// flush pending), so is every item at or below `ceiling`. An immediate flush
+/// raises `hidden` to its own version; `flush_all N` sets `at` = N and
+/// `ceiling` = the last version of second N - 1, so what is written from then
+/// on survives it. `version` is the latest flush's own stamp: a node applies a
+/// twin's flush only if it is newer than the last flush it applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FlushSpec {
+    pub hidden: u64,
     pub at: u32,
     pub ceiling: u64,
     pub version: u64,

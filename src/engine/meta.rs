@@ -219,7 +219,7 @@ impl Engine {
                 if !writable {
                     return (Change::Keep, MetaGetOutcome::Unavailable);
                 }
-                let cas = self.assign_cas(None);
+                let (cas, version) = self.stamp(None);
                 let mut ttl = TtlTrace::flat(0);
                 let mut exptime = 0;
                 let mut win = false;
@@ -240,6 +240,7 @@ impl Engine {
                     flags: 0,
                     exptime,
                     cas,
+                    version,
                     bits: if win { Bits::WIN_SENT } else { 0 },
                 };
                 let item = ItemView {
@@ -303,6 +304,8 @@ impl Engine {
                 }
                 let change = if changed {
                     let mut state = it.state();
+                    // A touch: same CAS, a new version (stamped by the store).
+                    state.version = 0;
                     state.exptime = exptime;
                     if win {
                         state.bits |= Bits::WIN_SENT;
@@ -383,7 +386,7 @@ impl Engine {
                     state.exptime = self.clock.expiry(t);
                 }
                 state.bits = (state.bits | Bits::STALE) & !Bits::WIN_SENT;
-                state.cas = self.assign_cas(None);
+                (state.cas, state.version) = self.stamp(None);
                 (
                     Change::Put(state, Op::Touch),
                     MetaDeleteOutcome::Invalidated,
@@ -429,12 +432,13 @@ impl Engine {
             None => match cmd.create {
                 Some(initial) => {
                     let (ttl, exptime) = walk(0, true);
-                    let cas = self.assign_cas(None);
+                    let (cas, version) = self.stamp(None);
                     let state = ItemState {
                         value: Bytes::from(super::numeric::render(initial, 0)),
                         flags: 0,
                         exptime,
                         cas,
+                        version,
                         bits: 0,
                     };
                     (

@@ -411,7 +411,7 @@ impl Engine {
             }
             (_, _) => (cmd.value.clone(), cmd.flags, exptime),
         };
-        let cas = self.assign_cas(cmd.new_cas);
+        let (cas, version) = self.stamp(cmd.new_cas);
         (
             Change::Put(
                 ItemState {
@@ -419,6 +419,7 @@ impl Engine {
                     flags,
                     exptime,
                     cas,
+                    version,
                     bits,
                 },
                 Op::Store,
@@ -427,13 +428,15 @@ impl Engine {
         )
     }
 
-    fn assign_cas(&self, chosen: Option<u64>) -> u64 {
+    /// The (CAS, version) of a value-changing write, taken under the key's
+    /// lock. The CAS token is the version itself, so a token names one value
+    /// on both twins; a client-chosen CAS (meta `E`, binary CAS on set is not
+    /// one) is shown as chosen while the version still orders the write.
+    fn stamp(&self, chosen: Option<u64>) -> (u64, u64) {
+        let version = self.store.next_version(self.now());
         match chosen {
-            Some(c) if self.store.use_cas() => {
-                self.store.observe_cas(c);
-                c
-            }
-            _ => self.store.next_cas(),
+            Some(c) if self.store.use_cas() => (c, version),
+            _ => (self.store.cas_for(version), version),
         }
     }
 
@@ -468,7 +471,7 @@ impl Engine {
             None => match cmd.create {
                 Some((initial, ttl)) => {
                     let exptime = self.clock.expiry(ttl);
-                    let cas = self.assign_cas(cmd.new_cas);
+                    let (cas, version) = self.stamp(cmd.new_cas);
                     let value = Bytes::from(numeric::render(initial, 0));
                     (
                         Change::Put(
@@ -477,6 +480,7 @@ impl Engine {
                                 flags: 0,
                                 exptime,
                                 cas,
+                                version,
                                 bits: 0,
                             },
                             Op::Store,
@@ -566,13 +570,14 @@ impl Engine {
         } else {
             0
         };
-        let cas = self.assign_cas(cmd.new_cas);
+        let (cas, version) = self.stamp(cmd.new_cas);
         Ok((
             ItemState {
                 value: Bytes::from(value),
                 flags: it.flags(),
                 exptime: it.exptime(),
                 cas,
+                version,
                 bits,
             },
             n,
@@ -602,6 +607,8 @@ impl Engine {
             Some(it) => {
                 let view = ItemView::of(it);
                 let mut state = it.state();
+                // Same CAS, a new version (stamped by the store).
+                state.version = 0;
                 state.exptime = exptime;
                 it.mark_accessed(now, true);
                 (Change::Put(state, Op::Touch), Some(view))
@@ -645,9 +652,8 @@ impl Engine {
         Engine::new(
             EngineConfig {
                 store: StoreConfig {
-                    limit: 1 << 24,
-                    evict: true,
-                    use_cas: true,
+                    wall_clock: false,
+                    ..StoreConfig::standalone(1 << 24, true, true)
                 },
                 item_size_max: 1 << 20,
             },

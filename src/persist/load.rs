@@ -35,6 +35,8 @@ pub struct LoadReport {
     pub live_bytes: u64,
     pub max_seq: u64,
     pub max_cas: u64,
+    /// The highest item version loaded: the store's clock continues above it.
+    pub max_version: u64,
     pub millis: u64,
 }
 
@@ -73,6 +75,7 @@ pub(crate) fn warm_restart(
         })?;
         r.max_seq = r.max_seq.max(header.seq);
         r.max_cas = r.max_cas.max(header.cas);
+        r.max_version = r.max_version.max(header.version);
         let dead = header.is_dead(now, opened.flush);
         let outcome = if dead {
             Warm::Dead
@@ -110,7 +113,8 @@ pub(crate) fn warm_restart(
         db.apply_batch(purge)
             .map_err(|e| bad(format!("cannot purge expired records: {e}")))?;
     }
-    store.observe_cas(r.max_cas);
+    // Not the CAS: a client-chosen one (meta `E`) may be any number.
+    store.observe_version(r.max_version);
     store.stream().advance_to(r.max_seq);
     r.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let secs = started.elapsed().as_secs_f64().max(1e-3);

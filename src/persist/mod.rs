@@ -307,6 +307,7 @@ impl Persistence {
             SubscribeOptions {
                 blocking: mode == FsyncMode::Always,
                 gate_writes: true,
+                byte_cap: None,
             },
         );
         let _ = self.state.queue.set(sub.rx.clone());
@@ -389,23 +390,20 @@ mod tests {
 
     fn store(limit: usize) -> Store {
         Store::new(
-            StoreConfig {
-                limit,
-                evict: true,
-                use_cas: true,
-            },
+            StoreConfig::standalone(limit, true, true),
             Arc::new(MutationStream::new()),
             Arc::new(Stats::new()),
         )
     }
 
     fn put(s: &Store, key: &str, value: &[u8]) -> u64 {
-        let cas = s.next_cas();
+        let version = s.next_version(NOW);
         let state = ItemState {
             value: Bytes::copy_from_slice(value),
             flags: 3,
             exptime: 0,
-            cas,
+            cas: s.cas_for(version),
+            version,
             bits: 0,
         };
         s.modify(key.as_bytes(), NOW, |_| (Change::Put(state, Op::Store), ()))
@@ -443,8 +441,14 @@ mod tests {
 
         let v = vec![b'x'; 1000 - 3];
         let mut last = 0;
+        let mut first_cas = 0;
         for i in 0..40 {
             last = put(&s, &format!("k{i:02}"), &v);
+            if i == 0 {
+                if let Lookup::Hit(view) = s.get(b"k00", NOW, false) {
+                    first_cas = view.cas;
+                }
+            }
             // Dirty items are not evicted, so let the writer keep up.
             wait_applied(&state, last);
         }
@@ -452,7 +456,13 @@ mod tests {
         assert!(!s.is_complete());
         // Evicted items come back from disk, with their flags and CAS.
         match s.get(b"k00", NOW, true) {
-            Lookup::Hit(view) => assert_eq!((view.flags, view.cas, view.value.len()), (3, 1, 997)),
+            Lookup::Hit(view) => {
+                assert_ne!(first_cas, 0);
+                assert_eq!(
+                    (view.flags, view.cas, view.value.len()),
+                    (3, first_cas, 997)
+                )
+            }
             other => panic!("k00 not read through: {other:?}"),
         }
         // A delete of a disk-only item sticks, even before the writer applies it.
@@ -488,6 +498,9 @@ mod tests {
         assert_eq!(s2.stream().last_seq(), r.max_seq);
         assert!(matches!(s2.get(b"k39", NOW, true), Lookup::Hit(_)));
         assert_eq!(s2.get(b"k01", NOW, true), Lookup::Miss);
-        assert!(s2.next_cas() > 40, "CAS continues above the loaded values");
+        assert!(
+            s2.hlc().last().get() >= r.max_version && r.max_version > 0,
+            "versions continue above the loaded ones"
+        );
     }
 }

@@ -111,7 +111,7 @@ impl Changes {
         match m.op {
             Op::Store | Op::Touch => {
                 if let Some(item) = &m.item {
-                    let v = record::encode_item(item, m.seq, m.stored_at);
+                    let v = record::encode_item(item, m.seq);
                     self.bytes += v.len() + m.key.len();
                     self.writes.insert(record::item_key(&m.key), Some(v));
                 }
@@ -747,9 +747,11 @@ mod tests {
                 flags: 1,
                 exptime: 0,
                 cas: seq,
+                version: seq,
                 bits: 0,
             }),
-            stored_at: 100,
+            version: seq,
+            remote: false,
             flush: None,
         }
     }
@@ -793,15 +795,18 @@ mod tests {
     fn flush_records_are_carried_as_metadata() {
         let mut c = Changes::default();
         let spec = FlushSpec {
+            hidden: 3,
             at: 10,
-            seq_ceiling: 3,
+            ceiling: 4,
+            version: 3,
         };
         c.add(&Mutation {
             seq: 3,
             op: Op::Flush,
             key: Bytes::new(),
             item: None,
-            stored_at: 0,
+            version: 3,
+            remote: false,
             flush: Some(spec),
         });
         assert_eq!(c.flush, Some(spec));

@@ -32,7 +32,7 @@
 //! record: tag u8 | origin_seq u64 | version u64 | key_len u16 | key | tail
 //!   Store/Touch tail: cas u64 | flags u32 | exptime u32 | bits u8 | value_len u32 | value
 //!   Delete tail:      (none)
-//!   Flush tail:       at u32 | ceiling u64       (key_len = 0)
+//!   Flush tail:       hidden u64 | at u32 | ceiling u64   (key_len = 0)
 //! ```
 //!
 //! After the handshake, [`Frame::Synced`] is the sender's promise about the
@@ -67,7 +67,7 @@ const RECORD_HEAD: usize = 1 + 8 + 8 + 2;
 /// Bytes of a Store/Touch tail before the value.
 const ITEM_TAIL: usize = 8 + 4 + 4 + 1 + 4;
 /// Bytes of a Flush tail.
-const FLUSH_TAIL: usize = 4 + 8;
+const FLUSH_TAIL: usize = 8 + 4 + 8;
 /// Domain-separation prefix of the authentication MAC.
 const AUTH_CONTEXT: &[u8] = b"memtwin twin auth v1";
 
@@ -171,9 +171,10 @@ pub enum RecordBody {
     Touch(ItemRecord),
     /// The key is gone (a tombstone).
     Delete { key: Bytes },
-    /// `flush_all`: items stored before `at` (0 = none) or with a sequence
-    /// number up to `ceiling` are dead.
-    Flush { at: u32, ceiling: u64 },
+    /// The flush state after a `flush_all` (`crate::mutation::FlushSpec`):
+    /// items with a version up to `hidden` are dead, and from Unix second
+    /// `at` (0 = none pending) those up to `ceiling` too.
+    Flush { hidden: u64, at: u32, ceiling: u64 },
 }
 
 /// One replicated state change.
@@ -371,7 +372,12 @@ fn put_record(out: &mut BytesMut, rec: &Record) {
     match &rec.body {
         RecordBody::Store(item) | RecordBody::Touch(item) => put_item_tail(out, item),
         RecordBody::Delete { .. } => {}
-        RecordBody::Flush { at, ceiling } => {
+        RecordBody::Flush {
+            hidden,
+            at,
+            ceiling,
+        } => {
+            out.put_u64_le(*hidden);
             out.put_u32_le(*at);
             out.put_u64_le(*ceiling);
         }
@@ -583,6 +589,7 @@ fn decode_record(r: &mut Reader) -> Result<Record, FrameError> {
         tag::TOUCH => RecordBody::Touch(decode_item(r, key)?),
         tag::DELETE => RecordBody::Delete { key },
         _ => RecordBody::Flush {
+            hidden: r.u64(SHORT)?,
             at: r.u32(SHORT)?,
             ceiling: r.u64(SHORT)?,
         },
@@ -822,6 +829,7 @@ mod tests {
                     rec(
                         4,
                         RecordBody::Flush {
+                            hidden: 5,
                             at: 77,
                             ceiling: 1 << 40,
                         },
@@ -1098,7 +1106,14 @@ mod tests {
             );
         }
         // A flush record carrying a key.
-        let mut b = batch_of(vec![rec(1, RecordBody::Flush { at: 0, ceiling: 0 })]);
+        let mut b = batch_of(vec![rec(
+            1,
+            RecordBody::Flush {
+                hidden: 0,
+                at: 0,
+                ceiling: 0,
+            },
+        )]);
         b[11 + 17] = 1;
         assert_eq!(
             decode_all(&b),
@@ -1218,8 +1233,13 @@ mod tests {
             arb_item().prop_map(RecordBody::Store),
             arb_item().prop_map(RecordBody::Touch),
             arb_bytes(1..=MAX_KEY).prop_map(|key| RecordBody::Delete { key }),
-            (any::<u32>(), any::<u64>())
-                .prop_map(|(at, ceiling)| RecordBody::Flush { at, ceiling }),
+            (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(hidden, at, ceiling)| {
+                RecordBody::Flush {
+                    hidden,
+                    at,
+                    ceiling,
+                }
+            }),
         ];
         (any::<u64>(), any::<u64>(), body).prop_map(|(origin_seq, version, body)| Record {
             origin_seq,

@@ -471,11 +471,16 @@ mod tests {
             b"ms k 2 T0 F5 c\r\nhi\r\nmg k s v t f k\r\nmd k I\r\nmg k c\r\nmg k\r\nmn\r\n",
         );
         let text = String::from_utf8_lossy(&out);
+        let (text, cas) = crate::session::testing::mask_cas(&text);
         assert!(
             text.starts_with(
-                "HD c1\r\nVA 2 s2 t-1 f5 kk\r\nhi\r\nHD\r\nHD c2 X W\r\nHD Z X\r\nMN\r\n"
+                "HD c#\r\nVA 2 s2 t-1 f5 kk\r\nhi\r\nHD\r\nHD c# X W\r\nHD Z X\r\nMN\r\n"
             ),
             "{text}"
+        );
+        assert!(
+            cas[1] > cas[0],
+            "invalidation gives a new, later CAS: {cas:?}"
         );
     }
 

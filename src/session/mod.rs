@@ -59,6 +59,32 @@ impl Shared {
 }
 
 #[cfg(test)]
+pub(crate) mod testing {
+    /// Replace every meta CAS token (`c` and digits) in `text` with `c#`, so a
+    /// transcript can be compared without pinning version values; returns the
+    /// masked text and the values in order.
+    pub(crate) fn mask_cas(text: &str) -> (String, Vec<u64>) {
+        let mut values = Vec::new();
+        let lines: Vec<String> = text
+            .split("\r\n")
+            .map(|line| {
+                line.split(' ')
+                    .map(|tok| match tok.strip_prefix('c').map(str::parse::<u64>) {
+                        Some(Ok(v)) => {
+                            values.push(v);
+                            "c#".to_string()
+                        }
+                        _ => tok.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        (lines.join("\r\n"), values)
+    }
+}
+
+#[cfg(test)]
 impl Shared {
     /// Default settings over [`Engine::for_tests`], for session unit tests.
     pub(crate) fn for_tests() -> Shared {

@@ -23,8 +23,6 @@ pub struct Persisted {
     pub state: ItemState,
     /// Sequence number of the mutation that produced this version.
     pub seq: u64,
-    /// Unix time of the item's last write (for delayed `flush_all`).
-    pub stored_at: u32,
 }
 
 /// Why a backing read failed. The store treats it as a miss (and counts it):

@@ -43,27 +43,37 @@ impl Bits {
     pub const STALE: u8 = 4;
     pub const WIN_SENT: u8 = 8;
     pub const BINARY_KEY: u8 = 16;
+    /// A tombstone: the key was deleted (or expired) at `version`; no value.
+    /// Kept while replication is on so an older write arriving late loses.
+    pub const TOMBSTONE: u8 = 32;
     /// Bits that belong to the item's logical state (shipped in mutations).
-    pub const LOGICAL: u8 = Self::STALE | Self::WIN_SENT | Self::BINARY_KEY;
+    pub const LOGICAL: u8 = Self::STALE | Self::WIN_SENT | Self::BINARY_KEY | Self::TOMBSTONE;
 }
 
 /// `vlen` of an item whose value is an external `Bytes`.
-const EXTERNAL: u32 = u32::MAX;
+const EXTERNAL: u16 = u16::MAX;
+
+// Inline lengths must fit `vlen` below the EXTERNAL marker.
+const _: () = assert!(INLINE_MAX < EXTERNAL as usize);
+
+/// Longest key an item holds (memcached's limit is 250 on every protocol).
+pub const MAX_KEY: usize = u8::MAX as usize;
 
 #[repr(C)]
 struct Header {
     cas: u64,
     /// Sequence number of the mutation that produced this version.
     seq: u64,
+    /// The conflict rule's order (`crate::version::Version`); its time part
+    /// is also when the item was last written, which decides delayed flushes.
+    version: u64,
     flags: u32,
     /// Absolute Unix expiry; 0 = never.
     exptime: u32,
-    /// Unix time of the last write (for delayed `flush_all`).
-    stored_at: u32,
     last_access: AtomicU32,
     /// Inline value length, or [`EXTERNAL`].
-    vlen: u32,
-    klen: u16,
+    vlen: u16,
+    klen: u8,
     bits: AtomicU8,
 }
 
@@ -86,11 +96,10 @@ pub(crate) struct NewItem<'a> {
     pub state: ItemState,
     pub seq: u64,
     pub now: u32,
-    pub stored_at: u32,
 }
 
 impl Item {
-    fn layout(klen: usize, vlen: u32) -> Layout {
+    fn layout(klen: usize, vlen: u16) -> Layout {
         let body = if vlen == EXTERNAL {
             EXT + klen
         } else {
@@ -109,13 +118,12 @@ impl Item {
             state,
             seq,
             now,
-            stored_at,
         } = n;
         // Keys are at most 250 bytes on every protocol; clamp defensively.
-        let key = &key[..key.len().min(u16::MAX as usize)];
+        let key = &key[..key.len().min(MAX_KEY)];
         let inline = state.value.len() <= INLINE_MAX;
         let vlen = if inline {
-            state.value.len() as u32
+            state.value.len() as u16
         } else {
             EXTERNAL
         };
@@ -128,12 +136,12 @@ impl Item {
         let header = Header {
             cas: state.cas,
             seq,
+            version: state.version,
             flags: state.flags,
             exptime: state.exptime,
-            stored_at,
             last_access: AtomicU32::new(now),
             vlen,
-            klen: key.len() as u16,
+            klen: key.len() as u8,
             bits: AtomicU8::new((state.bits & Bits::LOGICAL) | Bits::ACCESSED),
         };
         // SAFETY: `raw` is a fresh allocation of `layout`, large enough for the
@@ -234,8 +242,20 @@ impl Item {
     }
 
     #[inline]
+    pub fn version(&self) -> u64 {
+        self.h().version
+    }
+
+    /// Unix second of the item's last write (from its version).
+    #[inline]
     pub fn stored_at(&self) -> u32 {
-        self.h().stored_at
+        crate::version::Version::from_raw(self.h().version).unix_secs()
+    }
+
+    /// Whether this is a tombstone (a deleted key remembered for replication).
+    #[inline]
+    pub fn is_tombstone(&self) -> bool {
+        self.has(Bits::TOMBSTONE)
     }
 
     /// Bytes of the item's own allocation (header, key, inline value or handle).
@@ -287,6 +307,7 @@ impl Item {
             flags: self.flags(),
             exptime: self.exptime(),
             cas: self.cas(),
+            version: self.version(),
             bits: self.bits() & Bits::LOGICAL,
         }
     }
@@ -336,6 +357,7 @@ impl std::fmt::Debug for Item {
             .field("exptime", &self.exptime())
             .field("cas", &self.cas())
             .field("seq", &self.seq())
+            .field("version", &self.version())
             .finish()
     }
 }
@@ -376,6 +398,7 @@ mod tests {
             flags: 7,
             exptime: 99,
             cas: 42,
+            version: 43 << 23,
             bits,
         }
     }
@@ -386,7 +409,6 @@ mod tests {
             state: state(value, Bits::STALE | Bits::FETCHED),
             seq: 5,
             now: 1000,
-            stored_at: 900,
         })
     }
 
@@ -404,8 +426,8 @@ mod tests {
             assert_eq!(it.key(), b"session:abc");
             assert_eq!(it.value(), &value[..]);
             assert_eq!(
-                (it.flags(), it.exptime(), it.cas(), it.seq(), it.stored_at()),
-                (7, 99, 42, 5, 900)
+                (it.flags(), it.exptime(), it.cas(), it.seq(), it.version()),
+                (7, 99, 42, 5, 43 << 23)
             );
             assert_eq!(it.last_access(), 1000);
             // Only logical bits are kept; a new item has its CLOCK bit set.
@@ -431,11 +453,11 @@ mod tests {
                 flags: 0,
                 exptime: 0,
                 cas: 0,
+                version: 0,
                 bits: 0,
             },
             seq: 1,
             now: 0,
-            stored_at: 0,
         });
         assert_eq!(it.value().as_ptr(), big.as_ptr());
         assert_eq!(it.value_bytes().as_ptr(), big.as_ptr());

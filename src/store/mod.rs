@@ -12,7 +12,15 @@
 //!   shard in turn; an item written or read since the hand last passed gets a
 //!   second chance. No queue, so no memory per item beyond the index;
 //! * **expiry**: lazy on access, plus [`Store::reap`] called by housekeeping;
-//! * **logical `flush_all`**: a [`FlushSpec`] compared on access, never a scan.
+//! * **logical `flush_all`**: a [`FlushSpec`] compared on access, never a scan;
+//! * **versions** ([`crate::version`]): every write is stamped under its key's
+//!   lock by the store's hybrid logical clock; the version orders writes for
+//!   the twin's conflict rule and is the CAS token of value-changing writes;
+//! * **tombstones** (only when a twin is configured): a delete, or the reclaim
+//!   of an expired item, leaves the key with its version and no value, so a
+//!   write with an older version arriving late from the twin loses
+//!   ([`Store::apply_remote`]). They are invisible to clients, never counted in
+//!   `curr_items`, purged after `tombstone_ttl` and evicted before live items.
 //!
 //! The store is synchronous and never hands out a lock guard: reads return owned
 //! [`ItemView`]s and writes go through [`Store::modify`] with a closure that runs
@@ -55,6 +63,7 @@ pub use item::{Bits, Item, ItemView, INLINE_MAX};
 
 use crate::mutation::{FlushSpec, ItemState, Mutation, MutationStream, Op};
 use crate::stats::Stats;
+use crate::version::{self, Hlc, Version};
 use bytes::Bytes;
 use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
@@ -137,6 +146,8 @@ pub enum Missed {
 enum Dead {
     Expired,
     Flushed,
+    /// A deleted key remembered for the conflict rule: a plain miss.
+    Tombstone,
 }
 
 impl From<Dead> for Missed {
@@ -144,8 +155,39 @@ impl From<Dead> for Missed {
         match d {
             Dead::Expired => Missed::Expired,
             Dead::Flushed => Missed::Flushed,
+            Dead::Tombstone => Missed::Miss,
         }
     }
+}
+
+/// What [`Store::apply_remote`] did with a twin's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The record was newer than what the key held, and now is its state.
+    Applied,
+    /// The key holds a newer version: the record lost the conflict rule.
+    Stale,
+    /// The key already holds exactly this version (a record delivered twice).
+    Duplicate,
+    /// No room for the item (`-M` and memory full, or larger than `-m`).
+    NoMemory,
+}
+
+/// Where [`Store::scan`] resumes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanCursor {
+    pub shard: usize,
+    pub bucket: usize,
+}
+
+/// Tombstone bookkeeping, for stats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TombstoneStats {
+    pub count: usize,
+    pub bytes: usize,
+    /// The highest version of a tombstone (or expired item) forgotten so far: a
+    /// twin resuming from below it cannot be caught up by a version scan.
+    pub purge_watermark: u64,
 }
 
 /// What a read-through found.
@@ -174,6 +216,40 @@ pub struct StoreConfig {
     pub evict: bool,
     /// Hand out CAS values (false with `-C`: every CAS is 0).
     pub use_cas: bool,
+    /// This node's id, the low bits of every version it stamps (1..=4095).
+    pub node_id: u16,
+    /// Keep tombstones for deleted and expired keys (on when a twin is configured).
+    pub tombstones: bool,
+    /// Seconds a tombstone is kept at least (`--tombstone-ttl`).
+    pub tombstone_ttl: u32,
+    /// Versions follow the system clock (always, but in unit tests with a
+    /// frozen engine clock, whose versions then depend on nothing else).
+    pub wall_clock: bool,
+}
+
+impl StoreConfig {
+    /// A standalone store: no tombstones, node id 1.
+    pub fn standalone(limit: usize, evict: bool, use_cas: bool) -> Self {
+        StoreConfig {
+            limit,
+            evict,
+            use_cas,
+            node_id: 1,
+            tombstones: false,
+            tombstone_ttl: 600,
+            wall_clock: true,
+        }
+    }
+}
+
+/// The flush state: a ceiling already in force, and the latest flush (which
+/// may be delayed). Written under `flush_lock`, read lock-free.
+#[derive(Default)]
+struct FlushCell {
+    hidden: AtomicU64,
+    at: AtomicU32,
+    ceiling: AtomicU64,
+    version: AtomicU64,
 }
 
 /// A hand walking the table shard by shard, bucket by bucket (eviction's
@@ -217,10 +293,12 @@ pub struct Store {
     limit: AtomicUsize,
     evict_hand: Hand,
     reap_hand: Hand,
-    cas: CachePadded<AtomicU64>,
-    flush_at: AtomicU32,
-    flush_seq: AtomicU64,
+    hlc: Hlc,
+    flush: FlushCell,
     flush_lock: Mutex<()>,
+    tombstones: AtomicUsize,
+    tombstone_bytes: AtomicUsize,
+    purge_watermark: AtomicU64,
     stream: Arc<MutationStream>,
     stats: Arc<Stats>,
     backing: OnceLock<Arc<dyn Backing>>,
@@ -270,6 +348,10 @@ type Modified<R> = Result<(R, u64), StoreError>;
 
 impl Store {
     pub fn new(cfg: StoreConfig, stream: Arc<MutationStream>, stats: Arc<Stats>) -> Self {
+        let hlc = Hlc::new(cfg.node_id).unwrap_or_else(|e| {
+            tracing::error!("{e}; using node id 1");
+            Hlc::new(1).unwrap_or_else(|_| unreachable!("1 is a valid node id"))
+        });
         let table = Table::new();
         let shards = table.shard_count();
         Store {
@@ -279,10 +361,12 @@ impl Store {
             cfg,
             evict_hand: Hand::new(shards),
             reap_hand: Hand::new(shards),
-            cas: CachePadded::new(AtomicU64::new(0)),
-            flush_at: AtomicU32::new(0),
-            flush_seq: AtomicU64::new(0),
+            hlc,
+            flush: FlushCell::default(),
             flush_lock: Mutex::new(()),
+            tombstones: AtomicUsize::new(0),
+            tombstone_bytes: AtomicUsize::new(0),
+            purge_watermark: AtomicU64::new(0),
             stream,
             stats,
             backing: OnceLock::new(),
@@ -339,52 +423,93 @@ impl Store {
         self.evict_if_needed(now);
     }
 
+    /// Items in the table, tombstones not included (`curr_items`).
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.table
+            .len()
+            .saturating_sub(self.tombstones.load(Ordering::Relaxed))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.table.len() == 0
+        self.len() == 0
     }
 
     pub fn use_cas(&self) -> bool {
         self.cfg.use_cas
     }
 
-    /// A fresh CAS value (0 when CAS is disabled).
+    /// The store's clock: its node id and the last version it stamped or saw.
+    pub fn hlc(&self) -> &Hlc {
+        &self.hlc
+    }
+
+    /// A fresh version for a write at `now` (the engine's clock, which decides
+    /// expiry and delayed flushes). Call under the key's lock (inside a
+    /// [`Store::modify`] closure) so versions of one key rise in table order.
+    /// The clock part never runs behind `now`: in production the wall clock is
+    /// ahead of the coarse `now` anyway; a clock frozen in tests makes versions
+    /// deterministic.
     #[inline]
-    pub fn next_cas(&self) -> u64 {
+    pub fn next_version(&self, now: u32) -> u64 {
+        let engine_ms = u64::from(now) * 1000;
+        let wall = if self.cfg.wall_clock {
+            version::now_ms().max(engine_ms)
+        } else {
+            engine_ms
+        };
+        self.hlc.next(wall).get()
+    }
+
+    /// The CAS token a value-changing write with version `version` shows:
+    /// the version itself, or 0 with `-C`.
+    #[inline]
+    pub fn cas_for(&self, version: u64) -> u64 {
         if self.cfg.use_cas {
-            self.cas.fetch_add(1, Ordering::Relaxed) + 1
+            version
         } else {
             0
         }
     }
 
-    /// Make sure future CAS values are above `cas` (client-chosen CAS, loaded data).
-    pub fn observe_cas(&self, cas: u64) {
-        self.cas.fetch_max(cas, Ordering::Relaxed);
+    /// Make sure future versions are above `v` (loaded data, a twin's records).
+    pub fn observe_version(&self, v: u64) {
+        self.hlc.observe(Version::from_raw(v));
     }
 
-    /// The current flush state.
+    /// Tombstones held now, and the purge watermark.
+    pub fn tombstone_stats(&self) -> TombstoneStats {
+        TombstoneStats {
+            count: self.tombstones.load(Ordering::Relaxed),
+            bytes: self.tombstone_bytes.load(Ordering::Relaxed),
+            purge_watermark: self.purge_watermark.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The current flush state (what persistence saves).
     pub fn flush_spec(&self) -> FlushSpec {
         FlushSpec {
-            at: self.flush_at.load(Ordering::Acquire),
-            seq_ceiling: self.flush_seq.load(Ordering::Acquire),
+            hidden: self.flush.hidden.load(Ordering::Acquire),
+            at: self.flush.at.load(Ordering::Acquire),
+            ceiling: self.flush.ceiling.load(Ordering::Acquire),
+            version: self.flush.version.load(Ordering::Acquire),
         }
     }
 
     #[inline]
     fn dead(&self, item: &Item, now: u32) -> Option<Dead> {
+        if item.is_tombstone() {
+            return Some(Dead::Tombstone);
+        }
         let exptime = item.exptime();
         if exptime != 0 && exptime <= now {
             return Some(Dead::Expired);
         }
-        if item.seq() <= self.flush_seq.load(Ordering::Acquire) {
+        let v = item.version();
+        if v <= self.flush.hidden.load(Ordering::Acquire) {
             return Some(Dead::Flushed);
         }
-        let at = self.flush_at.load(Ordering::Acquire);
-        if at != 0 && at <= now && item.stored_at() < at {
+        let at = self.flush.at.load(Ordering::Acquire);
+        if at != 0 && at <= now && v <= self.flush.ceiling.load(Ordering::Acquire) {
             return Some(Dead::Flushed);
         }
         None
@@ -430,6 +555,7 @@ impl Store {
         });
         match (found, f) {
             (Some(Ok(r)), _) => Ok(r),
+            (Some(Err(Dead::Tombstone)), _) => Err(Missed::Miss),
             (Some(Err(dead)), _) => {
                 self.reclaim(key, now);
                 Err(dead.into())
@@ -521,45 +647,105 @@ impl Store {
             state: p.state,
             seq: p.seq,
             now,
-            stored_at: p.stored_at,
         });
         match self.dead(&item, now) {
             None => Fetched::Live(item),
             Some(d) => {
-                self.removed(key, Op::Expire);
+                self.removed(key, Op::Expire, item.version(), false);
                 Fetched::Dead(d)
             }
         }
     }
 
-    /// Remove `key` if it is dead, publishing an `Expire` record.
+    /// Reclaim `key` if it is dead (see [`Store::bury`]).
     fn reclaim(&self, key: &[u8], now: u32) {
-        let ((), gone) = self.table.update(key, |cur| match cur {
-            Some(item) if self.dead(item, now).is_some() => {
-                self.removed(key, Op::Expire);
-                self.uncharge(item);
-                (Edit::Remove, ())
-            }
-            _ => (Edit::Keep, ()),
+        let (buried, gone) = self.table.update(key, |cur| match cur {
+            Some(item) => match self.dead(item, now) {
+                Some(d) if d != Dead::Tombstone => (self.bury(key, item, d, now), true),
+                _ => (Edit::Keep, false),
+            },
+            None => (Edit::Keep, false),
         });
         if let Some(item) = gone {
-            self.stats.bump(|c| &c.reclaimed);
-            if !item.has(Bits::FETCHED) {
+            self.gone(&item);
+            if buried && !item.has(Bits::FETCHED) {
                 self.stats.bump(|c| &c.expired_unfetched);
             }
         }
+        if buried {
+            self.stats.bump(|c| &c.reclaimed);
+        }
     }
 
-    /// Publish why `key` leaves the table. Must be called with the key's shard
-    /// lock held, before the entry is removed, so the record takes its place in
-    /// per-key order and a concurrent read-through sees the removal as unsettled.
-    fn removed(&self, key: &[u8], op: Op) -> u64 {
+    /// What becomes of a dead item (expired or flushed, not a tombstone) found
+    /// under its shard lock: an `Expire` record is published and the item goes,
+    /// or, with tombstones on and the item expired, a tombstone with the item's
+    /// version takes its place (so a late older write from the twin still
+    /// loses to the write that expired). A flushed key needs none: the flush's
+    /// ceiling already makes every older write dead on arrival.
+    fn bury(&self, key: &[u8], item: &Item, dead: Dead, now: u32) -> Edit {
+        let version = item.version();
+        let seq = self.removed(key, Op::Expire, version, false);
+        if self.cfg.tombstones && dead == Dead::Expired {
+            let t = self.tombstone(key, version, seq, now);
+            // A tombstone is never larger than the item it replaces.
+            let _ = self.reserve(charge_of(&t), charge_of(item));
+            return Edit::Put(t);
+        }
+        self.uncharge(item);
+        Edit::Remove
+    }
+
+    /// A tombstone for `key`: no value, the delete's (or expired write's)
+    /// version, and its purge time where an item keeps its expiry.
+    fn tombstone(&self, key: &[u8], version: u64, seq: u64, now: u32) -> Item {
+        let t = Item::new(NewItem {
+            key,
+            state: ItemState {
+                value: Bytes::new(),
+                flags: 0,
+                exptime: now.saturating_add(self.cfg.tombstone_ttl.max(1)),
+                cas: 0,
+                version,
+                bits: Bits::TOMBSTONE,
+            },
+            seq,
+            now,
+        });
+        self.tombstones.fetch_add(1, Ordering::Relaxed);
+        self.tombstone_bytes
+            .fetch_add(charge_of(&t), Ordering::Relaxed);
+        t
+    }
+
+    /// Bookkeeping for an item that left the table (replaced or removed).
+    fn gone(&self, item: &Item) {
+        if item.is_tombstone() {
+            self.tombstones.fetch_sub(1, Ordering::Relaxed);
+            self.tombstone_bytes
+                .fetch_sub(charge_of(item), Ordering::Relaxed);
+        }
+    }
+
+    /// A tombstone (or an expired item that would have become one) is
+    /// forgotten: versions up to its own can no longer be told apart from
+    /// "never written" by a scan.
+    fn forgot(&self, version: u64) {
+        self.purge_watermark.fetch_max(version, Ordering::Relaxed);
+    }
+
+    /// Publish why `key` leaves the table (or becomes a tombstone). Must be
+    /// called with the key's shard lock held, before the entry changes, so the
+    /// record takes its place in per-key order and a concurrent read-through
+    /// sees the removal as unsettled.
+    fn removed(&self, key: &[u8], op: Op, version: u64, remote: bool) -> u64 {
         let seq = self.stream.publish(|seq| Mutation {
             seq,
             op,
             key: Bytes::copy_from_slice(key),
             item: None,
-            stored_at: 0,
+            version,
+            remote,
             flush: None,
         });
         if matches!(op, Op::Delete | Op::Expire) && self.backing.get().is_some() {
@@ -599,7 +785,9 @@ impl Store {
             None => self.apply_absent(key, now, f),
         });
         // The replaced or removed item is freed here, outside the lock.
-        drop(displaced);
+        if let Some(old) = displaced {
+            self.gone(&old);
+        }
         let done = res?;
         self.evict_if_needed(now);
         Ok(done)
@@ -617,32 +805,23 @@ impl Store {
     ) -> (Edit, Modified<R>) {
         let dead = self.dead(item, now);
         let (change, r) = f(if dead.is_none() { Some(item) } else { None });
-        match split(change) {
-            Err(Change::Remove) => {
-                // Published under the lock, before the entry is unlinked.
-                let op = if dead.is_some() {
-                    Op::Expire
-                } else {
-                    Op::Delete
-                };
-                let seq = self.removed(key, op);
-                self.uncharge(item);
-                (Edit::Remove, Ok((r, if dead.is_some() { 0 } else { seq })))
+        match (split(change), dead) {
+            (Err(Change::Remove), None) => {
+                let (edit, seq) = self.delete_live(key, item, now);
+                (edit, Ok((r, seq)))
             }
-            Err(_keep) => {
-                if dead.is_none() {
-                    return (Edit::Keep, Ok((r, 0)));
-                }
-                self.removed(key, Op::Expire);
-                self.uncharge(item);
+            (Err(_), None) | (Err(_), Some(Dead::Tombstone)) => (Edit::Keep, Ok((r, 0))),
+            // The command saw no item; the dead one is reclaimed on the way.
+            (Err(_), Some(d)) => {
+                let edit = self.bury(key, item, d, now);
                 self.stats.bump(|c| &c.reclaimed);
-                (Edit::Remove, Ok((r, 0)))
+                (edit, Ok((r, 0)))
             }
-            Ok((state, op, in_place)) => {
+            (Ok((state, op, in_place)), _) => {
                 let live = if dead.is_none() { Some(item) } else { None };
                 match self.new_version(key, live, charge_of(item), state, op, in_place, now) {
                     Ok((next, seq)) => {
-                        if dead.is_some() {
+                        if matches!(dead, Some(Dead::Expired | Dead::Flushed)) {
                             self.stats.bump(|c| &c.reclaimed);
                         }
                         (Edit::Put(next), Ok((r, seq)))
@@ -651,6 +830,22 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// A client deletes a live item: a `Delete` record with a new version, and
+    /// a tombstone in its place when tombstones are on. Returns the edit and
+    /// the record's sequence number.
+    fn delete_live(&self, key: &[u8], item: &Item, now: u32) -> (Edit, u64) {
+        let version = self.next_version(now);
+        // Published under the lock, before the entry changes.
+        let seq = self.removed(key, Op::Delete, version, false);
+        if self.cfg.tombstones {
+            let t = self.tombstone(key, version, seq, now);
+            let _ = self.reserve(charge_of(&t), charge_of(item));
+            return (Edit::Put(t), seq);
+        }
+        self.uncharge(item);
+        (Edit::Remove, seq)
     }
 
     /// [`Store::modify`] for a key not in RAM: with a backing, the command sees
@@ -668,7 +863,15 @@ impl Store {
         let (change, r) = f(disk.as_ref());
         match (split(change), disk) {
             (Err(Change::Remove), Some(_)) => {
-                let seq = self.removed(key, Op::Delete);
+                let version = self.next_version(now);
+                let seq = self.removed(key, Op::Delete, version, false);
+                if self.cfg.tombstones {
+                    let t = self.tombstone(key, version, seq, now);
+                    if self.reserve(charge_of(&t), 0).is_ok() {
+                        return (Edit::Put(t), Ok((r, seq)));
+                    }
+                    self.gone(&t);
+                }
                 (Edit::Keep, Ok((r, seq)))
             }
             (Err(_), None) => (Edit::Keep, Ok((r, 0))),
@@ -686,33 +889,31 @@ impl Store {
         }
     }
 
-    /// The item a write makes, under the key's shard lock: charge it in place
-    /// of `old_charge`, publish it, and build it. `prev` is the live version the
-    /// command saw (in RAM or on disk): a touch keeps its store time, and a
-    /// touch or in-place rewrite keeps its fetched bit.
+    /// The item a write makes, under the key's shard lock: stamp it (unless
+    /// the command already did), charge it in place of `old_charge`, publish
+    /// it, and build it. `prev` is the live version the command saw (in RAM or
+    /// on disk): a touch or in-place rewrite keeps its fetched bit.
     #[allow(clippy::too_many_arguments)]
     fn new_version(
         &self,
         key: &[u8],
         prev: Option<&Item>,
         old_charge: usize,
-        state: ItemState,
+        mut state: ItemState,
         op: Op,
         in_place: bool,
         now: u32,
     ) -> Result<(Item, u64), StoreError> {
         self.reserve(charge(key.len(), state.value.len()), old_charge)?;
-        let stored_at = match prev {
-            Some(p) if op == Op::Touch => p.stored_at(),
-            _ => now,
-        };
-        let seq = self.publish_put(key, &state, op, stored_at);
+        if state.version == 0 {
+            state.version = self.next_version(now);
+        }
+        let seq = self.publish_put(key, &state, op, false);
         let next = Item::new(NewItem {
             key,
             state,
             seq,
             now,
-            stored_at,
         });
         if let Some(p) = prev {
             if op == Op::Touch || in_place {
@@ -722,13 +923,14 @@ impl Store {
         Ok((next, seq))
     }
 
-    fn publish_put(&self, key: &[u8], state: &ItemState, op: Op, stored_at: u32) -> u64 {
+    fn publish_put(&self, key: &[u8], state: &ItemState, op: Op, remote: bool) -> u64 {
         self.stream.publish(|seq| Mutation {
             seq,
             op,
             key: Bytes::copy_from_slice(key),
             item: Some(state.clone()),
-            stored_at,
+            version: state.version,
+            remote,
             flush: None,
         })
     }
@@ -788,8 +990,19 @@ impl Store {
                 if self.used() <= self.limit() || dirty_skips >= DIRTY_SKIP_LIMIT {
                     return Sweep::Stop;
                 }
+                // Tombstones go first, whatever their CLOCK bit: losing one
+                // risks a resurrection only in a rare race, losing a live
+                // session logs a user out.
+                if it.is_tombstone() {
+                    self.forgot(it.version());
+                    self.uncharge(it);
+                    return Sweep::Remove;
+                }
                 if self.dead(it, now).is_some() {
-                    self.removed(it.key(), Op::Expire);
+                    self.removed(it.key(), Op::Expire, it.version(), false);
+                    if self.cfg.tombstones {
+                        self.forgot(it.version());
+                    }
                     self.uncharge(it);
                     self.stats.bump(|c| &c.reclaimed);
                     return Sweep::Remove;
@@ -806,7 +1019,7 @@ impl Store {
                     }
                     self.complete.store(false, Ordering::SeqCst);
                 }
-                self.removed(it.key(), Op::Evict);
+                self.removed(it.key(), Op::Evict, it.version(), false);
                 self.uncharge(it);
                 self.stats.bump(|c| &c.evictions);
                 if !it.has(Bits::FETCHED) {
@@ -819,7 +1032,7 @@ impl Store {
             });
             self.evict_hand.advance(shard, next, wrapped);
             // Freed outside the shard lock.
-            out.clear();
+            out.drain(..).for_each(|it| self.gone(&it));
         }
     }
 
@@ -827,94 +1040,131 @@ impl Store {
     /// dead ones. Returns how many were reclaimed. Called by the reaper thread.
     pub fn reap(&self, now: u32, max: usize) -> usize {
         self.settle();
+        self.promote_flush(now);
         let mut reclaimed = 0;
         let mut examined = 0;
         let mut steps = max / SWEEP_STEP + 2 * self.table.shard_count() + 1;
         let mut out = Vec::new();
+        let mut to_bury = Vec::new();
         while examined < max && steps > 0 {
             steps -= 1;
             let (shard, at) = self.reap_hand.position();
             let (next, wrapped) = self.table.sweep(shard, at, SWEEP_STEP, &mut out, |it| {
                 examined += 1;
-                if self.dead(it, now).is_none() {
-                    return Sweep::Keep;
+                match self.dead(it, now) {
+                    None => Sweep::Keep,
+                    // A tombstone keeps its purge time where items keep their expiry.
+                    Some(Dead::Tombstone) if it.exptime() > now => Sweep::Keep,
+                    Some(Dead::Tombstone) => {
+                        self.forgot(it.version());
+                        self.uncharge(it);
+                        Sweep::Remove
+                    }
+                    // Becomes a tombstone: done under its own lock after the sweep.
+                    Some(Dead::Expired) if self.cfg.tombstones => {
+                        to_bury.push(Bytes::copy_from_slice(it.key()));
+                        Sweep::Keep
+                    }
+                    Some(_) => {
+                        self.removed(it.key(), Op::Expire, it.version(), false);
+                        self.uncharge(it);
+                        self.stats.bump(|c| &c.reclaimed);
+                        if !it.has(Bits::FETCHED) {
+                            self.stats.bump(|c| &c.expired_unfetched);
+                        }
+                        reclaimed += 1;
+                        Sweep::Remove
+                    }
                 }
-                self.removed(it.key(), Op::Expire);
-                self.uncharge(it);
-                self.stats.bump(|c| &c.reclaimed);
-                if !it.has(Bits::FETCHED) {
-                    self.stats.bump(|c| &c.expired_unfetched);
-                }
-                Sweep::Remove
             });
             self.reap_hand.advance(shard, next, wrapped);
-            reclaimed += out.len();
-            out.clear();
+            out.drain(..).for_each(|it| self.gone(&it));
+            for key in to_bury.drain(..) {
+                self.reclaim(&key, now);
+                reclaimed += 1;
+            }
         }
         reclaimed
     }
 
     /// Logical `flush_all`: with `at <= now` everything stored so far becomes
     /// invisible at once; with a future `at`, items stored before `at` become
-    /// invisible when the clock reaches it.
+    /// invisible when the clock reaches it. Returns the record's sequence number.
     pub fn flush(&self, at: u32, now: u32) -> u64 {
         let _g = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut spec = self.flush_spec();
-        let immediate = at <= now;
-        let seq = self.stream.publish(|seq| {
-            spec.at = if immediate { now } else { at };
-            if immediate {
-                spec.seq_ceiling = seq;
-            }
-            Mutation {
-                seq,
-                op: Op::Flush,
-                key: Bytes::new(),
-                item: None,
-                stored_at: 0,
-                flush: Some(spec),
-            }
-        });
-        // Compute again outside the closure (it only runs when someone listens).
-        spec.at = if immediate { now } else { at };
-        if immediate {
-            spec.seq_ceiling = seq;
-        }
-        self.apply_flush(spec);
-        seq
-    }
-
-    /// Install a flush state (from `flush`, or loaded from disk / a twin).
-    pub fn apply_flush(&self, spec: FlushSpec) {
-        self.flush_at.store(spec.at, Ordering::Release);
-        self.flush_seq.fetch_max(spec.seq_ceiling, Ordering::AcqRel);
-    }
-
-    /// Insert an item as it was persisted or replicated, without publishing a
-    /// mutation (the item already has its sequence number). Items that are
-    /// already dead are skipped. Returns false when skipped or out of memory.
-    pub fn load(&self, key: Bytes, state: ItemState, seq: u64, stored_at: u32, now: u32) -> bool {
-        self.observe_cas(state.cas);
-        self.stream.advance_to(seq);
-        let item = Item::new(NewItem {
-            key: &key,
-            state,
+        let version = self.next_version(now);
+        let (at, ceiling) = if at <= now {
+            (0, version)
+        } else {
+            let second = Version::floor_for_millis(u64::from(at) * 1000).get();
+            (at, second.saturating_sub(1))
+        };
+        let spec = self.install_flush(at, ceiling, version, now);
+        self.stream.publish(|seq| Mutation {
             seq,
-            now,
-            stored_at,
-        });
-        if self.dead(&item, now).is_some() {
-            return false;
+            op: Op::Flush,
+            key: Bytes::new(),
+            item: None,
+            version,
+            remote: false,
+            flush: Some(spec),
+        })
+    }
+
+    /// Make a flush (`at` = 0: immediate) the latest, under `flush_lock`.
+    /// A new flush replaces a delayed one still pending, as in memcached.
+    /// Returns the resulting state.
+    fn install_flush(&self, at: u32, ceiling: u64, version: u64, now: u32) -> FlushSpec {
+        let f = &self.flush;
+        // A pending flush already due takes effect first, so the pair below
+        // is only ever replaced while both `at`s lie in the future, where a
+        // reader pairing an old `at` with the new ceiling (or the reverse)
+        // hides nothing either way.
+        self.promote_flush_locked(now);
+        if at == 0 || at <= now {
+            f.hidden.fetch_max(ceiling, Ordering::AcqRel);
+            f.at.store(0, Ordering::Release);
+            f.ceiling.store(0, Ordering::Release);
+        } else {
+            f.ceiling.store(ceiling, Ordering::Release);
+            f.at.store(at, Ordering::Release);
         }
-        if self.reserve(charge_of(&item), 0).is_err() {
-            return false;
+        f.version.fetch_max(version, Ordering::AcqRel);
+        self.flush_spec()
+    }
+
+    /// A delayed flush whose time has come joins the ceiling in force.
+    fn promote_flush(&self, now: u32) {
+        let f = &self.flush;
+        let at = f.at.load(Ordering::Acquire);
+        if at == 0 || at > now {
+            return;
         }
-        let ((), old) = self.table.update(&key, |_| (Edit::Put(item), ()));
-        if let Some(old) = old {
-            self.uncharge(&old);
+        let _g = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.promote_flush_locked(now);
+    }
+
+    fn promote_flush_locked(&self, now: u32) {
+        let f = &self.flush;
+        let at = f.at.load(Ordering::Acquire);
+        if at != 0 && at <= now {
+            // Raise the ceiling in force before the pending flush is cleared.
+            f.hidden
+                .fetch_max(f.ceiling.load(Ordering::Acquire), Ordering::AcqRel);
+            f.at.store(0, Ordering::Release);
+            f.ceiling.store(0, Ordering::Release);
         }
-        self.evict_if_needed(now);
-        true
+    }
+
+    /// Install a flush state loaded from disk.
+    pub fn apply_flush(&self, spec: FlushSpec) {
+        let _g = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let f = &self.flush;
+        f.hidden.fetch_max(spec.hidden, Ordering::AcqRel);
+        f.ceiling.store(spec.ceiling, Ordering::Release);
+        f.at.store(spec.at, Ordering::Release);
+        f.version.fetch_max(spec.version, Ordering::AcqRel);
+        self.observe_version(spec.version);
     }
 
     /// Insert a persisted item at warm restart, without publishing and without
@@ -927,7 +1177,6 @@ impl Store {
             state: p.state,
             seq: p.seq,
             now,
-            stored_at: p.stored_at,
         });
         if self.dead(&item, now).is_some() {
             return Warm::Dead;
@@ -941,6 +1190,7 @@ impl Store {
         let ((), old) = self.table.update(&key, |_| (Edit::Put(item), ()));
         if let Some(old) = old {
             self.uncharge(&old);
+            self.gone(&old);
         }
         Warm::Loaded
     }
@@ -955,6 +1205,214 @@ impl Store {
             }
         });
     }
+
+    /// Apply a record received from the twin, under the conflict rule: it
+    /// becomes the key's state only if its version is above the version the
+    /// key holds (a live item, a dead one not yet reclaimed, a tombstone, or
+    /// the persisted one when RAM does not cover the disk). Applied records are
+    /// published with `remote` set, so the disk keeps them and the twin link
+    /// does not send them back. The clock always moves past the record.
+    pub fn apply_remote(&self, m: &Mutation, now: u32) -> Applied {
+        self.observe_version(m.version);
+        match (m.op, &m.item, m.flush) {
+            (Op::Store | Op::Touch, Some(state), _) => self.apply_remote_put(m, state, now),
+            (Op::Delete, _, _) => self.apply_remote_delete(&m.key, m.version, now),
+            (Op::Flush, _, Some(spec)) => self.apply_remote_flush(spec, m.version, now),
+            // Malformed or never shipped (expiry, eviction): nothing to apply.
+            _ => Applied::Stale,
+        }
+    }
+
+    /// The version `key` holds when it is not in RAM: the persisted one when
+    /// the backing may hold items RAM does not, else none (0).
+    fn version_off_ram(&self, key: &[u8]) -> u64 {
+        if !self.reads_through() {
+            return 0;
+        }
+        match self.backing.get().map(|b| b.fetch(key)) {
+            Some(Ok(Some(p))) => p.state.version,
+            Some(Err(e)) => {
+                self.stats.bump(|c| &c.store_io_error);
+                tracing::error!("reading a key's persisted version failed: {e}");
+                0
+            }
+            _ => 0,
+        }
+    }
+
+    /// The conflict rule for a record with version `incoming` against what
+    /// `cur` (or the disk) holds for `key`.
+    fn judge(&self, key: &[u8], cur: Option<&Item>, incoming: u64) -> Option<Applied> {
+        let current = match cur {
+            Some(it) => it.version(),
+            None => self.version_off_ram(key),
+        };
+        if incoming == current {
+            Some(Applied::Duplicate)
+        } else if !version::wins(Version::from_raw(incoming), Version::from_raw(current)) {
+            Some(Applied::Stale)
+        } else {
+            None
+        }
+    }
+
+    fn apply_remote_put(&self, m: &Mutation, state: &ItemState, now: u32) -> Applied {
+        let key = &m.key[..];
+        let (res, displaced) = self.table.update(key, |cur| {
+            if let Some(verdict) = self.judge(key, cur, m.version) {
+                return (Edit::Keep, verdict);
+            }
+            let mut state = state.clone();
+            state.version = m.version;
+            let old = cur.map_or(0, charge_of);
+            if self
+                .reserve(charge(key.len(), state.value.len()), old)
+                .is_err()
+            {
+                return (Edit::Keep, Applied::NoMemory);
+            }
+            let seq = self.publish_put(key, &state, m.op, true);
+            let item = Item::new(NewItem {
+                key,
+                state,
+                seq,
+                now,
+            });
+            (Edit::Put(item), Applied::Applied)
+        });
+        if let Some(old) = displaced {
+            self.gone(&old);
+        }
+        if res == Applied::Applied {
+            self.evict_if_needed(now);
+        }
+        res
+    }
+
+    fn apply_remote_delete(&self, key: &[u8], version: u64, now: u32) -> Applied {
+        let (res, displaced) = self.table.update(key, |cur| {
+            if let Some(verdict) = self.judge(key, cur, version) {
+                return (Edit::Keep, verdict);
+            }
+            let seq = self.removed(key, Op::Delete, version, true);
+            if !self.cfg.tombstones {
+                return match cur {
+                    Some(it) => {
+                        self.uncharge(it);
+                        (Edit::Remove, Applied::Applied)
+                    }
+                    None => (Edit::Keep, Applied::Applied),
+                };
+            }
+            let t = self.tombstone(key, version, seq, now);
+            let old = cur.map_or(0, charge_of);
+            if self.reserve(charge_of(&t), old).is_err() {
+                // No room even for a tombstone: the key is still deleted.
+                self.gone(&t);
+                return match cur {
+                    Some(it) => {
+                        self.uncharge(it);
+                        (Edit::Remove, Applied::Applied)
+                    }
+                    None => (Edit::Keep, Applied::Applied),
+                };
+            }
+            (Edit::Put(t), Applied::Applied)
+        });
+        if let Some(old) = displaced {
+            self.gone(&old);
+        }
+        if res == Applied::Applied {
+            self.evict_if_needed(now);
+        }
+        res
+    }
+
+    fn apply_remote_flush(&self, spec: FlushSpec, version: u64, now: u32) -> Applied {
+        let _g = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let last = self.flush.version.load(Ordering::Acquire);
+        if version == last {
+            return Applied::Duplicate;
+        }
+        if version < last {
+            return Applied::Stale;
+        }
+        let spec = self.install_flush(spec.at, spec.ceiling, version, now);
+        self.stream.publish(|seq| Mutation {
+            seq,
+            op: Op::Flush,
+            key: Bytes::new(),
+            item: None,
+            version,
+            remote: true,
+            flush: Some(spec),
+        });
+        Applied::Applied
+    }
+
+    /// The twin's catch-up scan: items and tombstones in RAM with a version
+    /// above `floor`, as records (`Store` with the item, `Delete` for a
+    /// tombstone; the current flush state first when it is newer than
+    /// `floor`), about `max` per call. Resume from the returned cursor; `None`
+    /// means the table has been walked. Items only on disk (a data set larger
+    /// than `-m`) are not visited. Flushed items are skipped: the flush
+    /// travels itself.
+    pub fn scan(
+        &self,
+        from: ScanCursor,
+        floor: u64,
+        max: usize,
+        now: u32,
+    ) -> (Vec<Arc<Mutation>>, Option<ScanCursor>) {
+        let mut out = Vec::new();
+        let spec = self.flush_spec();
+        if from == ScanCursor::default() && spec.version > floor {
+            out.push(Arc::new(Mutation {
+                seq: 0,
+                op: Op::Flush,
+                key: Bytes::new(),
+                item: None,
+                version: spec.version,
+                remote: false,
+                flush: Some(spec),
+            }));
+        }
+        let shards = self.table.shard_count();
+        let mut at = from;
+        while out.len() < max.max(1) && at.shard < shards {
+            let next = self.table.scan(at.shard, at.bucket, SWEEP_STEP, |it| {
+                if it.version() <= floor || self.dead(it, now) == Some(Dead::Flushed) {
+                    return;
+                }
+                out.push(Arc::new(Self::record_of(it)));
+            });
+            at = match next {
+                Some(bucket) => ScanCursor {
+                    shard: at.shard,
+                    bucket,
+                },
+                None => ScanCursor {
+                    shard: at.shard + 1,
+                    bucket: 0,
+                },
+            };
+        }
+        (out, (at.shard < shards).then_some(at))
+    }
+
+    /// An item (or tombstone) as the record that would recreate it.
+    fn record_of(it: &Item) -> Mutation {
+        let tomb = it.is_tombstone();
+        Mutation {
+            seq: it.seq(),
+            op: if tomb { Op::Delete } else { Op::Store },
+            key: Bytes::copy_from_slice(it.key()),
+            item: (!tomb).then(|| it.state()),
+            version: it.version(),
+            remote: false,
+            flush: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -965,26 +1423,23 @@ mod tests {
 
     fn store(limit: usize, evict: bool) -> Store {
         Store::new(
-            StoreConfig {
-                limit,
-                evict,
-                use_cas: true,
-            },
+            StoreConfig::standalone(limit, evict, true),
             Arc::new(MutationStream::new()),
             Arc::new(Stats::new()),
         )
     }
 
     fn put(s: &Store, key: &str, value: &str, exptime: u32, now: u32) -> Result<u64, StoreError> {
-        let cas = s.next_cas();
         s.modify(key.as_bytes(), now, |_| {
+            let version = s.next_version(now);
             (
                 Change::Put(
                     ItemState {
                         value: Bytes::copy_from_slice(value.as_bytes()),
                         flags: 0,
                         exptime,
-                        cas,
+                        cas: s.cas_for(version),
+                        version,
                         bits: 0,
                     },
                     Op::Store,
@@ -1191,16 +1646,305 @@ mod tests {
         assert_eq!(value(&s, "big", NOW).map(|v| v.len()), Some(5000));
     }
 
+    fn twin_store(node: u16) -> Store {
+        Store::new(
+            StoreConfig {
+                node_id: node,
+                tombstones: true,
+                tombstone_ttl: 600,
+                ..StoreConfig::standalone(1 << 20, true, true)
+            },
+            Arc::new(MutationStream::new()),
+            Arc::new(Stats::new()),
+        )
+    }
+
+    /// A record as a twin would ship it.
+    fn remote_put(key: &str, value: &str, version: u64) -> Mutation {
+        Mutation {
+            seq: 1,
+            op: Op::Store,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            item: Some(ItemState {
+                value: Bytes::copy_from_slice(value.as_bytes()),
+                flags: 9,
+                exptime: 0,
+                cas: version,
+                version,
+                bits: 0,
+            }),
+            version,
+            remote: false,
+            flush: None,
+        }
+    }
+
+    fn remote_delete(key: &str, version: u64) -> Mutation {
+        Mutation {
+            op: Op::Delete,
+            item: None,
+            ..remote_put(key, "", version)
+        }
+    }
+
+    fn version_of(s: &Store, key: &str) -> u64 {
+        let mut v = 0;
+        s.table
+            .read(key.as_bytes(), |it| v = it.map_or(0, |it| it.version()));
+        v
+    }
+
+    #[test]
+    fn writes_are_stamped_and_cas_is_the_version() {
+        let s = twin_store(7);
+        put(&s, "a", "1", 0, NOW).expect("put");
+        let v = version_of(&s, "a");
+        assert_eq!(Version::from_raw(v).node_of(), 7);
+        match s.get(b"a", NOW, false) {
+            Lookup::Hit(view) => assert_eq!(view.cas, v),
+            other => panic!("{other:?}"),
+        }
+        put(&s, "a", "2", 0, NOW).expect("put");
+        assert!(version_of(&s, "a") > v);
+    }
+
+    #[test]
+    fn remote_records_apply_only_when_newer() {
+        let s = twin_store(1);
+        let base = Version::floor_for_millis(u64::from(NOW) * 1000 + 5000).get();
+        let (older, newer) = (base | 2, (base + (1 << 12)) | 2);
+        assert_eq!(
+            s.apply_remote(&remote_put("k", "new", newer), NOW),
+            Applied::Applied
+        );
+        assert_eq!(
+            s.apply_remote(&remote_put("k", "new", newer), NOW),
+            Applied::Duplicate
+        );
+        assert_eq!(
+            s.apply_remote(&remote_put("k", "old", older), NOW),
+            Applied::Stale
+        );
+        assert_eq!(value(&s, "k", NOW).as_deref(), Some("new"));
+        assert!(
+            s.hlc().last().get() >> 12 >= newer >> 12,
+            "the clock moved past the record"
+        );
+        // A local write after it gets a higher version, and wins.
+        put(&s, "k", "local", 0, NOW).expect("put");
+        assert!(version_of(&s, "k") > newer);
+    }
+
+    #[test]
+    fn applied_records_are_published_as_remote() {
+        let stream = Arc::new(MutationStream::new());
+        let sub = stream.subscribe(64, false);
+        let s = Store::new(
+            StoreConfig {
+                tombstones: true,
+                ..StoreConfig::standalone(1 << 20, true, true)
+            },
+            stream,
+            Arc::new(Stats::new()),
+        );
+        let v = Version::floor_for_millis(u64::from(NOW) * 1000).get() | 2;
+        s.apply_remote(&remote_put("k", "x", v), NOW);
+        put(&s, "j", "y", 0, NOW).expect("put");
+        let recs: Vec<_> = sub.rx.try_iter().collect();
+        assert_eq!(recs.len(), 2);
+        assert!(recs[0].remote && !recs[0].is_shipped(), "not sent back");
+        assert_eq!(recs[0].version, v);
+        assert!(!recs[1].remote && recs[1].is_shipped());
+    }
+
+    #[test]
+    fn a_delete_leaves_a_tombstone_that_beats_late_older_writes() {
+        let s = twin_store(1);
+        put(&s, "sess", "data", 0, NOW).expect("put");
+        let written = version_of(&s, "sess");
+        s.modify(b"sess", NOW, |_| (Change::Remove, ()))
+            .expect("delete");
+        assert_eq!(s.get(b"sess", NOW, true), Lookup::Miss);
+        assert_eq!(s.len(), 0, "tombstones are not items");
+        assert_eq!(s.tombstone_stats().count, 1);
+        assert_eq!(s.tombstone_stats().bytes, charge(4, 0));
+        // The twin's write, made before the delete, arrives late: it loses.
+        assert_eq!(
+            s.apply_remote(&remote_put("sess", "stale", written + 1), NOW),
+            Applied::Stale
+        );
+        assert_eq!(s.get(b"sess", NOW, true), Lookup::Miss);
+        // A delete is a miss for every command, and a new write replaces it.
+        let seen = s.modify(b"sess", NOW, |old| (Change::Keep, old.is_some()));
+        assert!(!seen.expect("m").0);
+        put(&s, "sess", "again", 0, NOW).expect("put");
+        assert_eq!(value(&s, "sess", NOW).as_deref(), Some("again"));
+        assert_eq!(s.tombstone_stats().count, 0);
+        let mut sum = 0;
+        s.table.for_each(|it| sum += charge_of(it));
+        assert_eq!(sum, s.used());
+    }
+
+    #[test]
+    fn a_remote_delete_of_an_unknown_key_still_leaves_a_tombstone() {
+        let s = twin_store(1);
+        let v = Version::floor_for_millis(u64::from(NOW) * 1000).get();
+        assert_eq!(
+            s.apply_remote(&remote_delete("gone", v | 3), NOW),
+            Applied::Applied
+        );
+        assert_eq!(
+            s.apply_remote(&remote_put("gone", "old", v | 2), NOW),
+            Applied::Stale
+        );
+        assert_eq!(s.get(b"gone", NOW, true), Lookup::Miss);
+        assert_eq!(s.tombstone_stats().count, 1);
+    }
+
+    #[test]
+    fn expiry_leaves_a_tombstone_with_the_items_version_and_the_reaper_purges_it() {
+        let s = twin_store(1);
+        put(&s, "e", "v", NOW + 1, NOW).expect("put");
+        let v = version_of(&s, "e");
+        assert_eq!(s.get(b"e", NOW + 1, true), Lookup::Expired);
+        assert_eq!(version_of(&s, "e"), v, "the tombstone keeps the version");
+        assert_eq!(s.tombstone_stats().count, 1);
+        assert_eq!(
+            s.apply_remote(&remote_put("e", "older", v - 1), NOW + 1),
+            Applied::Stale
+        );
+        // Purged once the tombstone TTL has passed, which raises the watermark.
+        for _ in 0..50 {
+            s.reap(NOW + 1 + 600, 10_000);
+        }
+        assert_eq!(s.tombstone_stats().count, 0);
+        assert_eq!(s.tombstone_stats().purge_watermark, v);
+        assert_eq!(s.used(), 0);
+    }
+
+    #[test]
+    fn reaper_turns_expired_items_into_tombstones_when_replicating() {
+        let s = twin_store(1);
+        for i in 0..300 {
+            put(&s, &format!("x{i}"), "v", NOW + 1, NOW).expect("put");
+        }
+        let mut n = 0;
+        for _ in 0..100 {
+            n += s.reap(NOW + 2, 1000);
+        }
+        assert_eq!(n, 300);
+        assert_eq!((s.len(), s.tombstone_stats().count), (0, 300));
+        let expect: usize = (0..300).map(|i| charge(format!("x{i}").len(), 0)).sum();
+        assert_eq!(s.used(), expect);
+    }
+
+    #[test]
+    fn eviction_takes_tombstones_before_live_items() {
+        let item = charge(4, 100);
+        let s = Store::new(
+            StoreConfig {
+                tombstones: true,
+                ..StoreConfig::standalone(item * 20, true, true)
+            },
+            Arc::new(MutationStream::new()),
+            Arc::new(Stats::new()),
+        );
+        let v = "z".repeat(100);
+        for i in 0..10 {
+            put(&s, &format!("t{i:03}"), &v, 0, NOW).expect("put");
+            s.modify(format!("t{i:03}").as_bytes(), NOW, |_| (Change::Remove, ()))
+                .expect("rm");
+        }
+        for i in 0..19 {
+            put(&s, &format!("l{i:03}"), &v, 0, NOW).expect("put");
+        }
+        assert_eq!(s.stats.snapshot().evictions, 0, "tombstones went first");
+        assert_eq!(s.len(), 19);
+        assert!(s.tombstone_stats().count < 10);
+        assert!(s.tombstone_stats().purge_watermark > 0);
+    }
+
+    #[test]
+    fn flushes_hide_by_version_and_apply_once_from_the_twin() {
+        let a = twin_store(1);
+        let b = twin_store(2);
+        put(&a, "k", "1", 0, NOW).expect("put");
+        let rec = a.apply_remote(&remote_put("r", "x", version_of(&a, "k") + 4096), NOW);
+        assert_eq!(rec, Applied::Applied);
+        a.flush(NOW, NOW);
+        assert_eq!(a.get(b"k", NOW, true), Lookup::Flushed);
+        assert_eq!(a.get(b"r", NOW, true), Lookup::Flushed);
+        let spec = a.flush_spec();
+        let flush = Mutation {
+            seq: 9,
+            op: Op::Flush,
+            key: Bytes::new(),
+            item: None,
+            version: spec.version,
+            remote: false,
+            flush: Some(FlushSpec {
+                at: 0,
+                ceiling: spec.hidden,
+                ..spec
+            }),
+        };
+        put(&b, "k", "old on b", 0, NOW).expect("put");
+        assert_eq!(b.apply_remote(&flush, NOW), Applied::Applied);
+        assert_eq!(b.apply_remote(&flush, NOW), Applied::Duplicate);
+        assert_eq!(
+            b.get(b"k", NOW, true),
+            Lookup::Flushed,
+            "written before the flush"
+        );
+        put(&b, "k", "new on b", 0, NOW).expect("put");
+        assert_eq!(value(&b, "k", NOW).as_deref(), Some("new on b"));
+        // A twin's record older than the flush is dead on arrival.
+        let before = remote_put("old", "x", spec.hidden - 4096);
+        b.apply_remote(&before, NOW);
+        assert!(value(&b, "old", NOW).is_none());
+    }
+
+    #[test]
+    fn scan_returns_items_and_tombstones_above_the_floor() {
+        let s = twin_store(1);
+        for i in 0..500 {
+            put(&s, &format!("s{i}"), "v", 0, NOW).expect("put");
+        }
+        let floor = s.hlc().last().get();
+        for i in 0..50 {
+            put(&s, &format!("n{i}"), "w", 0, NOW).expect("put");
+        }
+        s.modify(b"s1", NOW, |_| (Change::Remove, ())).expect("rm");
+        let mut got = Vec::new();
+        let mut at = Some(ScanCursor::default());
+        let mut calls = 0;
+        while let Some(from) = at {
+            calls += 1;
+            assert!(calls < 10_000);
+            let (recs, next) = s.scan(from, floor, 16, NOW);
+            got.extend(recs);
+            at = next;
+        }
+        assert_eq!(got.len(), 51);
+        assert!(got.iter().all(|m| m.version > floor));
+        let tomb: Vec<_> = got.iter().filter(|m| m.op == Op::Delete).collect();
+        assert_eq!(tomb.len(), 1);
+        assert_eq!(&tomb[0].key[..], b"s1");
+        // Applying a scan to an empty twin reproduces the table.
+        let t = twin_store(2);
+        for m in &got {
+            assert_eq!(t.apply_remote(m, NOW), Applied::Applied);
+        }
+        assert_eq!(t.len(), 50);
+        assert_eq!(value(&t, "n7", NOW).as_deref(), Some("w"));
+    }
+
     #[test]
     fn mutations_carry_resulting_state() {
         let stream = Arc::new(MutationStream::new());
         let sub = stream.subscribe(64, false);
         let s = Store::new(
-            StoreConfig {
-                limit: 1 << 20,
-                evict: true,
-                use_cas: true,
-            },
+            StoreConfig::standalone(1 << 20, true, true),
             stream,
             Arc::new(Stats::new()),
         );

@@ -160,6 +160,32 @@ impl Table {
         }
     }
 
+    /// Visit up to `max` buckets of shard `shard` from bucket `start` under its
+    /// read lock. Returns the bucket to resume from, or `None` when the shard's
+    /// last bucket was visited. Buckets move when a shard grows, so a walk that
+    /// spans several calls may see an item twice or miss one inserted meanwhile;
+    /// callers use it where that is harmless (the twin's catch-up scan: records
+    /// are idempotent, and items written meanwhile are shipped live).
+    pub fn scan(
+        &self,
+        shard: usize,
+        start: usize,
+        max: usize,
+        mut visit: impl FnMut(&Item),
+    ) -> Option<usize> {
+        let t = self.map.shards().get(shard)?.read();
+        let buckets = t.buckets();
+        let end = start.saturating_add(max).min(buckets);
+        for i in start..end {
+            // SAFETY: `i < buckets()` and the read lock is held, so the index is
+            // valid and the bucket's fullness cannot change under us.
+            if unsafe { t.is_bucket_full(i) } {
+                visit(unsafe { &t.bucket(i).as_ref().0 });
+            }
+        }
+        (end < buckets).then_some(end)
+    }
+
     /// Visit every item, one shard's read lock at a time.
     pub fn for_each(&self, mut f: impl FnMut(&Item)) {
         for shard in self.map.shards() {
@@ -187,11 +213,11 @@ mod tests {
                 flags: 0,
                 exptime: 0,
                 cas: 0,
+                version: 0,
                 bits: 0,
             },
             seq: 0,
             now: 0,
-            stored_at: 0,
         })
     }
 
@@ -219,6 +245,33 @@ mod tests {
         assert!(old.is_some());
         assert_eq!(get(&t, "a"), None);
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn scan_visits_every_item_in_steps() {
+        let t = Table::new();
+        for i in 0..3000 {
+            let k = format!("s{i}");
+            t.update(k.as_bytes(), |_| (Edit::Put(item(&k, "v")), ()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for shard in 0..t.shard_count() {
+            let mut at = Some(0);
+            let mut calls = 0;
+            while let Some(start) = at {
+                calls += 1;
+                assert!(calls < 10_000, "scan never finished shard {shard}");
+                at = t.scan(shard, start, 64, |it| {
+                    seen.insert(it.key().to_vec());
+                });
+            }
+        }
+        assert_eq!(seen.len(), 3000);
+        assert_eq!(
+            t.scan(t.shard_count(), 0, 64, |_| {}),
+            None,
+            "past the last shard"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub fn to_record(m: &Mutation) -> Option<Record> {
         Op::Flush => {
             let f = m.flush?;
             RecordBody::Flush {
+                hidden: f.hidden,
                 at: f.at,
                 ceiling: f.ceiling,
             }
@@ -48,6 +49,7 @@ pub fn to_record(m: &Mutation) -> Option<Record> {
 
 /// The mutation to apply for a record received from the twin (`remote`).
 pub fn to_mutation(r: Record) -> Mutation {
+    let version = r.version;
     let item = |i: ItemRecord| {
         (
             i.key,
@@ -56,6 +58,7 @@ pub fn to_mutation(r: Record) -> Mutation {
                 flags: i.flags,
                 exptime: i.exptime,
                 cas: i.cas,
+                version,
                 bits: i.bits,
             }),
         )
@@ -70,11 +73,16 @@ pub fn to_mutation(r: Record) -> Mutation {
             (Op::Touch, k, s, None)
         }
         RecordBody::Delete { key } => (Op::Delete, key, None, None),
-        RecordBody::Flush { at, ceiling } => (
+        RecordBody::Flush {
+            hidden,
+            at,
+            ceiling,
+        } => (
             Op::Flush,
             Bytes::new(),
             None,
             Some(FlushSpec {
+                hidden,
                 at,
                 ceiling,
                 version: r.version,
@@ -102,6 +110,7 @@ mod tests {
             flags: 0xdead_beef,
             exptime: 1_800_000_000,
             cas: 41,
+            version: 42,
             bits: 3,
         }
     }
@@ -123,6 +132,7 @@ mod tests {
         let flush = Mutation {
             key: Bytes::new(),
             flush: Some(FlushSpec {
+                hidden: 40,
                 at: 99,
                 ceiling: 1 << 40,
                 version: 42,
@@ -166,6 +176,7 @@ mod tests {
             key: Bytes::new(),
             version: 0,
             flush: Some(FlushSpec {
+                hidden: 0,
                 at: 1,
                 ceiling: 2,
                 version: 3,

@@ -21,14 +21,15 @@
 //!   proofs verified, the connection dialled by the higher node id wins a race
 //!   ([`supervisor`]), so exactly one link remains.
 //!
-//! Modules: [`config`] (what the daemon passes in), [`convert`] (mutation ⇄
-//! record), [`framed`] (frames over any byte stream, bounded), [`handshake`],
+//! Modules: [`config`] (what the daemon passes in), [`engine`] (the real
+//! store behind the trait), [`convert`] (mutation ⇄ record), [`framed`] (frames over any byte stream, bounded), [`handshake`],
 //! [`session`] (sender and receiver of one established link), [`supervisor`]
 //! (listener, dialler, arbitration), [`outbox`] (the subscription bridged into
 //! the runtime), [`stats`].
 
 pub mod config;
 pub mod convert;
+pub mod engine;
 pub mod framed;
 pub mod handshake;
 pub mod node_id;
@@ -68,64 +69,14 @@ pub trait TwinStore: Send + Sync + 'static {
     ) -> (Vec<Arc<Mutation>>, Option<ScanCursor>);
 }
 
-/// The outcome of [`TwinStore::apply_remote`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    Applied,
-    /// Lost the conflict rule: counted as a conflict.
-    Stale,
-    /// The same version is already held.
-    Duplicate,
-    NoMemory,
-}
+/// The outcome of [`TwinStore::apply_remote`] and where a scan resumes: the
+/// store's own types, so the adapter ([`engine`]) converts nothing.
+pub use crate::store::{Applied, ScanCursor};
 
-/// Where a table scan resumes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ScanCursor {
-    pub shard: usize,
-    pub bucket: usize,
-}
-
-/// The store as reached through whatever owns it (the daemon holds the
-/// store inside the engine), so the link can keep an `Arc` to it.
-pub struct Projected<O> {
-    owner: Arc<O>,
-    get: fn(&O) -> &dyn TwinStore,
-}
-
-impl<O> Projected<O> {
-    pub fn new(owner: Arc<O>, get: fn(&O) -> &dyn TwinStore) -> Self {
-        Projected { owner, get }
-    }
-}
-
-impl<O: Send + Sync + 'static> TwinStore for Projected<O> {
-    fn hlc(&self) -> &Hlc {
-        (self.get)(&self.owner).hlc()
-    }
-    fn subscribe(&self, byte_cap: usize) -> Subscription {
-        (self.get)(&self.owner).subscribe(byte_cap)
-    }
-    fn apply_remote(&self, m: &Mutation) -> Applied {
-        (self.get)(&self.owner).apply_remote(m)
-    }
-    fn scan(
-        &self,
-        from: ScanCursor,
-        floor: u64,
-        max: usize,
-    ) -> (Vec<Arc<Mutation>>, Option<ScanCursor>) {
-        (self.get)(&self.owner).scan(from, floor, max)
-    }
-}
-
-/// The daemon's store as the link reaches it: through the engine that owns
-/// it. Becomes `Some(Arc::new(Projected::new(engine.clone(), |e| e.store())))`
-/// once `Store` implements [`TwinStore`]; until then `--peer` refuses to
-/// start rather than run without replication.
-pub fn engine_store(engine: &Arc<crate::engine::Engine>) -> Option<Arc<dyn TwinStore>> {
-    let _ = engine;
-    None
+/// The daemon's store as the link reaches it: through the engine, which
+/// owns the store and the clock that `apply_remote` and `scan` need.
+pub fn engine_store(engine: &Arc<crate::engine::Engine>) -> Arc<dyn TwinStore> {
+    engine.clone()
 }
 
 /// Run a store call that may touch the disk without stalling the runtime's

@@ -75,6 +75,7 @@ impl FakeStore {
             flags: 5,
             exptime: 0,
             cas: v,
+            version: v,
             bits: 0,
         };
         self.local(&mut t, Op::Store, key, Some(item), v);
@@ -93,6 +94,7 @@ impl FakeStore {
         };
         item.exptime = exptime;
         let v = self.hlc.now().get();
+        item.version = v;
         self.local(&mut t, Op::Touch, key, Some(item), v);
         true
     }
@@ -113,8 +115,9 @@ impl FakeStore {
         let mut t = self.lock();
         let v = self.hlc.now().get();
         let spec = FlushSpec {
-            at: Version::from_raw(v).unix_secs(),
-            ceiling: v,
+            hidden: v,
+            at: 0,
+            ceiling: 0,
             version: v,
         };
         apply_flush(&mut t, spec);
@@ -154,7 +157,7 @@ impl FakeStore {
 
 fn apply_flush(t: &mut Table, spec: FlushSpec) {
     t.keys
-        .retain(|_, e| e.item.is_none() || e.version > spec.ceiling);
+        .retain(|_, e| e.item.is_none() || e.version > spec.hidden);
     t.flush = Some(spec);
 }
 
@@ -199,7 +202,7 @@ impl TwinStore for FakeStore {
             }
             // An item at or below the flush ceiling is dead on arrival.
             if let (Some(f), Some(_)) = (t.flush, &m.item) {
-                if m.version <= f.ceiling {
+                if m.version <= f.hidden {
                     return Applied::Stale;
                 }
             }

@@ -1,0 +1,39 @@
+//! The real store behind [`TwinStore`]: the engine owns the store and the
+//! clock (`now`, in seconds) that expiry and delayed flushes are judged by,
+//! which `apply_remote` and `scan` need. The twin's subscription is the
+//! byte-capped, lossy kind: the publisher never waits for the link.
+
+use super::{Applied, ScanCursor, TwinStore};
+use crate::engine::Engine;
+use crate::mutation::{Mutation, SubscribeOptions, Subscription};
+use crate::version::Hlc;
+use std::sync::Arc;
+
+impl TwinStore for Engine {
+    fn hlc(&self) -> &Hlc {
+        self.store().hlc()
+    }
+
+    fn subscribe(&self, byte_cap: usize) -> Subscription {
+        self.stream().subscribe_with(
+            1,
+            SubscribeOptions {
+                byte_cap: Some(byte_cap.max(1)),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn apply_remote(&self, m: &Mutation) -> Applied {
+        self.store().apply_remote(m, self.now())
+    }
+
+    fn scan(
+        &self,
+        from: ScanCursor,
+        floor: u64,
+        max: usize,
+    ) -> (Vec<Arc<Mutation>>, Option<ScanCursor>) {
+        self.store().scan(from, floor, max, self.now())
+    }
+}
