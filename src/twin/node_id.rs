@@ -73,6 +73,9 @@ pub fn resolve(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             Ok((fresh()?, Source::Generated { keep: Some(path) }))
         }
+        // Not a usable directory at all: persistence refuses it with its own,
+        // clearer message, so do not fail first here.
+        Err(_) if !dir.is_dir() => Ok((fresh()?, Source::Generated { keep: None })),
         Err(source) => Err(NodeIdError::Io {
             path: shown,
             source,
@@ -110,6 +113,12 @@ mod tests {
         let (b, src) = resolve(None, Some(&sub)).expect("ok");
         assert_eq!((a, src), (b, Source::Kept));
         assert_eq!(resolve(Some(5), Some(&sub)).expect("ok").0, 5);
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "x").expect("write");
+        assert!(matches!(
+            resolve(None, Some(&file)),
+            Ok((_, Source::Generated { keep: None }))
+        ));
         std::fs::write(sub.join(FILE_NAME), "0\n").expect("write");
         assert!(matches!(
             resolve(None, Some(&sub)),
