@@ -88,6 +88,13 @@ fn writes_cross_both_ways_with_the_same_cas() {
     assert_eq!(ca.cas("session:1", b"eve", cas_a), "EXISTS", "stale token");
     assert_eq!(cb.cmd("delete session:1"), "DELETED");
     assert!(eventually(5, || ca.get("session:1").is_none()));
+    // flush_all on either node flushes both; what is written after survives.
+    assert_eq!(cb.set("old", 0, 0, b"x"), "STORED");
+    assert!(eventually(5, || ca.get("old").is_some()));
+    assert_eq!(ca.cmd("flush_all"), "OK");
+    assert!(eventually(5, || cb.get("old").is_none()));
+    assert_eq!(cb.set("new", 0, 0, b"y"), "STORED");
+    assert!(eventually(5, || ca.get("new").is_some()));
 
     let g = group(&mut ca, "replication");
     assert!(g.iter().any(|l| l == "STAT link up"), "{g:?}");

@@ -5,7 +5,7 @@
 
 use super::{Applied, ScanCursor, TwinStore};
 use crate::engine::Engine;
-use crate::mutation::{Mutation, SubscribeOptions, Subscription};
+use crate::mutation::{FlushSpec, Mutation, Op, SubscribeOptions, Subscription};
 use crate::version::Hlc;
 use std::sync::Arc;
 
@@ -25,7 +25,26 @@ impl TwinStore for Engine {
     }
 
     fn apply_remote(&self, m: &Mutation) -> Applied {
-        self.store().apply_remote(m, self.now())
+        match m.flush {
+            // Records carry the flush *state* (what `Store` publishes and
+            // scans), but `Store::apply_remote` installs its `(at, ceiling)`
+            // as a flush command and ignores `hidden`. An immediate flush
+            // lives in `hidden` only: hand it over as the command that
+            // produced it. (A delayed flush pending over an older hidden one
+            // still loses the older part; see the report to the store.)
+            Some(spec) if m.op == Op::Flush && spec.at == 0 => {
+                let cmd = Mutation {
+                    flush: Some(FlushSpec {
+                        at: 0,
+                        ceiling: spec.hidden,
+                        ..spec
+                    }),
+                    ..m.clone()
+                };
+                self.store().apply_remote(&cmd, self.now())
+            }
+            _ => self.store().apply_remote(m, self.now()),
+        }
     }
 
     fn scan(
