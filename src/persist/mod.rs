@@ -503,4 +503,66 @@ mod tests {
             "versions continue above the loaded ones"
         );
     }
+
+    fn twin_store(limit: usize) -> Store {
+        Store::new(
+            StoreConfig {
+                tombstones: true,
+                ..StoreConfig::standalone(limit, true, true)
+            },
+            Arc::new(MutationStream::new()),
+            Arc::new(Stats::new()),
+        )
+    }
+
+    #[test]
+    fn tombstones_survive_a_restart_and_still_refuse_older_writes() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("t");
+        let s = twin_store(1 << 20);
+        let p = Persistence::open(&cfg(&dir, FsyncMode::Always)).expect("open");
+        p.load(&s, NOW).expect("load");
+        let running = p.start(&s, Arc::new(Clock::fixed(NOW))).expect("start");
+        let state = running.state().clone();
+        put(&s, "kept", b"1");
+        put(&s, "sess", b"2");
+        let mut old = None;
+        s.read(b"sess", NOW, false, |it| old = Some(it.state()))
+            .expect("read");
+        let old = old.expect("state");
+        let del = s
+            .modify(b"sess", NOW, |_| (Change::Remove, ()))
+            .expect("delete")
+            .1;
+        wait_applied(&state, del);
+        running.shutdown();
+        drop((s, state));
+
+        let s2 = twin_store(1 << 20);
+        let p2 = Persistence::open(&cfg(&dir, FsyncMode::Everysec)).expect("reopen");
+        p2.load(&s2, NOW).expect("load");
+        assert_eq!(s2.len(), 1, "tombstones are not items");
+        assert_eq!(s2.tombstone_stats().count, 1);
+        assert_eq!(s2.get(b"sess", NOW, true), Lookup::Miss);
+        // The twin replays the write the delete replaced: it loses.
+        let replay = crate::mutation::Mutation {
+            seq: 1,
+            op: Op::Store,
+            key: Bytes::from_static(b"sess"),
+            version: old.version,
+            item: Some(old),
+            remote: false,
+            flush: None,
+        };
+        assert_eq!(s2.apply_remote(&replay, NOW), crate::store::Applied::Stale);
+        assert_eq!(s2.get(b"sess", NOW, true), Lookup::Miss);
+        drop((s2, p2));
+
+        // Once their TTL has passed they are purged at load.
+        let s3 = twin_store(1 << 20);
+        let p3 = Persistence::open(&cfg(&dir, FsyncMode::Everysec)).expect("reopen");
+        p3.load(&s3, NOW + 601).expect("load");
+        assert_eq!(s3.tombstone_stats().count, 0);
+        assert_eq!(s3.len(), 1);
+    }
 }

@@ -116,10 +116,19 @@ impl Changes {
                     self.writes.insert(record::item_key(&m.key), Some(v));
                 }
             }
-            Op::Delete | Op::Expire => {
-                self.bytes += m.key.len();
-                self.writes.insert(record::item_key(&m.key), None);
-            }
+            // With a twin, the key becomes a tombstone, kept on disk too so a
+            // restarted node still refuses the older writes its twin may send.
+            Op::Delete | Op::Expire => match &m.item {
+                Some(tomb) => {
+                    let v = record::encode_item(tomb, m.seq);
+                    self.bytes += v.len() + m.key.len();
+                    self.writes.insert(record::item_key(&m.key), Some(v));
+                }
+                None => {
+                    self.bytes += m.key.len();
+                    self.writes.insert(record::item_key(&m.key), None);
+                }
+            },
             // RAM is a cache over disk: an eviction leaves the disk alone.
             Op::Evict => {}
             Op::Flush => self.flush = m.flush.or(self.flush),

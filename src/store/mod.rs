@@ -650,6 +650,8 @@ impl Store {
         });
         match self.dead(&item, now) {
             None => Fetched::Live(item),
+            // A persisted tombstone stays on disk until its purge time.
+            Some(Dead::Tombstone) => Fetched::Dead(Dead::Tombstone),
             Some(d) => {
                 self.removed(key, Op::Expire, item.version(), false);
                 Fetched::Dead(d)
@@ -685,30 +687,40 @@ impl Store {
     /// ceiling already makes every older write dead on arrival.
     fn bury(&self, key: &[u8], item: &Item, dead: Dead, now: u32) -> Edit {
         let version = item.version();
-        let seq = self.removed(key, Op::Expire, version, false);
         if self.cfg.tombstones && dead == Dead::Expired {
-            let t = self.tombstone(key, version, seq, now);
+            let (t, _) = self.entomb(key, Op::Expire, version, false, now);
             // A tombstone is never larger than the item it replaces.
             let _ = self.reserve(charge_of(&t), charge_of(item));
             return Edit::Put(t);
         }
+        self.removed(key, Op::Expire, version, false);
         self.uncharge(item);
         Edit::Remove
     }
 
-    /// A tombstone for `key`: no value, the delete's (or expired write's)
-    /// version, and its purge time where an item keeps its expiry.
-    fn tombstone(&self, key: &[u8], version: u64, seq: u64, now: u32) -> Item {
+    /// Turn `key` into a tombstone, under its shard lock: publish the `op`
+    /// (`Delete` or `Expire`) record carrying the tombstone as its item, so
+    /// persistence keeps it too, and build it: no value, the delete's (or the
+    /// expired write's) version, and its purge time where an item keeps its
+    /// expiry. The caller charges it. Returns it and the record's number.
+    fn entomb(&self, key: &[u8], op: Op, version: u64, remote: bool, now: u32) -> (Item, u64) {
+        let state = ItemState {
+            value: Bytes::new(),
+            flags: 0,
+            exptime: now.saturating_add(self.cfg.tombstone_ttl.max(1)),
+            cas: 0,
+            version,
+            bits: Bits::TOMBSTONE,
+        };
+        let seq = self.publish_removal(key, op, version, remote, Some(state.clone()));
+        (self.tombstone_item(key, state, seq, now), seq)
+    }
+
+    /// Build a tombstone item and count it.
+    fn tombstone_item(&self, key: &[u8], state: ItemState, seq: u64, now: u32) -> Item {
         let t = Item::new(NewItem {
             key,
-            state: ItemState {
-                value: Bytes::new(),
-                flags: 0,
-                exptime: now.saturating_add(self.cfg.tombstone_ttl.max(1)),
-                cas: 0,
-                version,
-                bits: Bits::TOMBSTONE,
-            },
+            state,
             seq,
             now,
         });
@@ -739,11 +751,23 @@ impl Store {
     /// record takes its place in per-key order and a concurrent read-through
     /// sees the removal as unsettled.
     fn removed(&self, key: &[u8], op: Op, version: u64, remote: bool) -> u64 {
+        self.publish_removal(key, op, version, remote, None)
+    }
+
+    /// [`Store::removed`], with the tombstone that takes the key's place.
+    fn publish_removal(
+        &self,
+        key: &[u8],
+        op: Op,
+        version: u64,
+        remote: bool,
+        tombstone: Option<ItemState>,
+    ) -> u64 {
         let seq = self.stream.publish(|seq| Mutation {
             seq,
             op,
             key: Bytes::copy_from_slice(key),
-            item: None,
+            item: tombstone,
             version,
             remote,
             flush: None,
@@ -838,12 +862,12 @@ impl Store {
     fn delete_live(&self, key: &[u8], item: &Item, now: u32) -> (Edit, u64) {
         let version = self.next_version(now);
         // Published under the lock, before the entry changes.
-        let seq = self.removed(key, Op::Delete, version, false);
         if self.cfg.tombstones {
-            let t = self.tombstone(key, version, seq, now);
+            let (t, seq) = self.entomb(key, Op::Delete, version, false, now);
             let _ = self.reserve(charge_of(&t), charge_of(item));
             return (Edit::Put(t), seq);
         }
+        let seq = self.removed(key, Op::Delete, version, false);
         self.uncharge(item);
         (Edit::Remove, seq)
     }
@@ -864,14 +888,16 @@ impl Store {
         match (split(change), disk) {
             (Err(Change::Remove), Some(_)) => {
                 let version = self.next_version(now);
-                let seq = self.removed(key, Op::Delete, version, false);
                 if self.cfg.tombstones {
-                    let t = self.tombstone(key, version, seq, now);
+                    let (t, seq) = self.entomb(key, Op::Delete, version, false, now);
                     if self.reserve(charge_of(&t), 0).is_ok() {
                         return (Edit::Put(t), Ok((r, seq)));
                     }
+                    // No room in RAM: the tombstone is on its way to disk.
                     self.gone(&t);
+                    return (Edit::Keep, Ok((r, seq)));
                 }
+                let seq = self.removed(key, Op::Delete, version, false);
                 (Edit::Keep, Ok((r, seq)))
             }
             (Err(_), None) => (Edit::Keep, Ok((r, 0))),
@@ -1178,7 +1204,14 @@ impl Store {
             seq: p.seq,
             now,
         });
-        if self.dead(&item, now).is_some() {
+        // A tombstone is kept until its purge time, while tombstones are on;
+        // a standalone node purges the ones a twinned past left.
+        let keep = match self.dead(&item, now) {
+            None => true,
+            Some(Dead::Tombstone) => self.cfg.tombstones && item.exptime() > now,
+            Some(_) => false,
+        };
+        if !keep {
             return Warm::Dead;
         }
         let size = charge_of(&item);
@@ -1187,6 +1220,10 @@ impl Store {
             return Warm::NoRoom;
         }
         self.used.fetch_add(size, Ordering::Relaxed);
+        if item.is_tombstone() {
+            self.tombstones.fetch_add(1, Ordering::Relaxed);
+            self.tombstone_bytes.fetch_add(size, Ordering::Relaxed);
+        }
         let ((), old) = self.table.update(&key, |_| (Edit::Put(item), ()));
         if let Some(old) = old {
             self.uncharge(&old);
@@ -1294,8 +1331,8 @@ impl Store {
             if let Some(verdict) = self.judge(key, cur, version) {
                 return (Edit::Keep, verdict);
             }
-            let seq = self.removed(key, Op::Delete, version, true);
             if !self.cfg.tombstones {
+                self.removed(key, Op::Delete, version, true);
                 return match cur {
                     Some(it) => {
                         self.uncharge(it);
@@ -1304,7 +1341,7 @@ impl Store {
                     None => (Edit::Keep, Applied::Applied),
                 };
             }
-            let t = self.tombstone(key, version, seq, now);
+            let (t, _) = self.entomb(key, Op::Delete, version, true, now);
             let old = cur.map_or(0, charge_of);
             if self.reserve(charge_of(&t), old).is_err() {
                 // No room even for a tombstone: the key is still deleted.

@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""What a twin costs: one node alone vs a node with its twin attached, same run.
+
+    python3 benches/replication.py            # 60 s budget per lag phase, 3 reps of throughput
+    python3 benches/replication.py --quick    # 10 s lag phases, 1 rep (smoke)
+
+Reported as ratios (twinned / single), markdown on stdout, JSON in --out:
+  * throughput, write-heavy (100 % set, 100 B) and 90/10 get/set (100 B), text,
+    closed loop, 50 conns: single node vs node A of a pair (B idle but applying);
+    nodes started fresh per repetition, the order alternates, median of the
+    per-repetition ratios (benches/compare.py's method);
+  * replication lag p50/p99 at half and at the max write rate: while the load
+    generator writes to A, a probe writes `lagprobe:<n>` = time on A every 20 ms
+    and polls B (`mg`, 0.5 ms steps, at most 5 s) until it is there; `repl_lag_ms`
+    sampled from A's stats alongside;
+  * bytes on the link per 100 B and per 4 KB write: the link runs through the
+    suite's byte-counting proxy (protocol-tests/replication/twinlib.py), idle
+    bytes (pings, acks) over the same time subtracted.
+
+Servers run on 127.0.0.2 / 127.0.0.3, free ports, stopped by pid. Skips (exit 0,
+with a message) when the memtwin binary has no --peer. Needs the load generator:
+cargo build --release -p memtwin-bench (target/release/memtwin-loadgen).
+Not run in CI (scripts/test never calls it); --quick takes about 1.5 min.
+--dry-run (both "nodes" one standalone server) checks the plumbing and shows the
+lag probe's own floor under load (about 3 ms p50 on a busy 2-core machine):
+read the lag numbers against it.
+"""
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "protocol-tests", "replication"))
+import twinlib  # noqa: E402
+
+WORKLOADS = {
+    "write": ("100 % set, 100 B", ["--get-ratio", "0", "--value-size", "100", "--key-prefix", "key:"]),
+    "mixed": ("90 % get / 10 % set, 100 B", ["--get-ratio", "0.9", "--value-size", "100",
+                                              "--key-prefix", "key:"]),
+}
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def loadgen(bin_, node, args, watch=(), timeout=600):
+    cmd = [bin_, "--addr", node.addr, "--threads", "1"] + list(args)
+    for pid in watch:
+        cmd += ["--watch-pid", str(pid)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0 or not r.stdout.strip():
+        raise RuntimeError("loadgen failed (%s): %s\n%s" % (r.returncode, " ".join(cmd), r.stderr[-2000:]))
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def preload(o, node, keys=10000, size=100, prefix="key:"):
+    return loadgen(o.loadgen, node, ["--preload", "--conns", "4", "--keys", str(keys),
+                                     "--value-size", str(size), "--key-prefix", prefix])
+
+
+class Setup:
+    """A single node, or a pair (optionally through the proxy); dry: a pair is
+    one standalone node (checks the bench's own plumbing only)."""
+
+    def __init__(self, o, kind, proxy=False):
+        self.o, self.kind = o, kind
+        self.dir = tempfile.mkdtemp(prefix="memtwin-replbench-%s-" % kind, dir=o.workdir)
+        extra = ["-t", "2", "-m", "1024", "-c", "4096"]
+        if kind == "single" or o.dry_run:
+            self.a = twinlib.Node(o.bin, "127.0.0.2", self.dir, "single", replicate=False, extra=extra)
+            self.nodes, self.pair = [self.a], None
+        else:
+            self.pair = twinlib.TwinPair(o.bin, self.dir, self.dir, proxy=proxy, extra=extra)
+            self.a, self.nodes = self.pair.a, self.pair.nodes
+
+    def __enter__(self):
+        if self.pair:
+            self.pair.start(timeout=15)
+        else:
+            self.a.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.pair:
+            self.pair.stop()
+        else:
+            self.a.stop()
+
+    @property
+    def b(self):
+        return self.pair.b if self.pair else self.a
+
+    @property
+    def link(self):
+        return self.pair.link if self.pair else None
+
+
+# ------------------------------------------------------------------ throughput
+
+
+def throughput(o):
+    rows = {wl: [] for wl in WORKLOADS}
+    for rep in range(o.reps):
+        for wi, wl in enumerate(WORKLOADS):
+            order = ["single", "twin"] if (rep + wi) % 2 == 0 else ["twin", "single"]
+            res = {}
+            for kind in order:
+                with Setup(o, kind) as s:
+                    preload(o, s.a)
+                    r = loadgen(o.loadgen, s.a, WORKLOADS[wl][1] + [
+                        "--conns", "50", "--duration", str(o.tp_seconds), "--warmup", "1",
+                        "--keys", "10000"], watch=[n.pid for n in s.nodes])
+                    res[kind] = r
+                    log("[rep %d] %-5s %-6s %9.0f ops/s p99 %7.0f us" % (
+                        rep + 1, wl, kind, r["ops_per_sec"], r["lat_us"]["p99"]))
+            rows[wl].append(res)
+    out = {}
+    for wl, reps in rows.items():
+        out[wl] = {
+            "single_ops": statistics.median(r["single"]["ops_per_sec"] for r in reps),
+            "twin_ops": statistics.median(r["twin"]["ops_per_sec"] for r in reps),
+            "ops_ratio": statistics.median(r["twin"]["ops_per_sec"] / max(r["single"]["ops_per_sec"], 1e-9)
+                                           for r in reps),
+            "p99_ratio": statistics.median(r["twin"]["lat_us"]["p99"] / max(r["single"]["lat_us"]["p99"], 1e-9)
+                                           for r in reps),
+        }
+    return out
+
+
+# ------------------------------------------------------------------ lag
+
+
+def pct(xs, q):
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def probe_lag(s, seconds, stop):
+    """Write probes on A, poll B; returns (lags_ms, lost, repl_lag_ms samples)."""
+    ca, cb = s.a.connect(timeout=5), s.b.connect(timeout=5)
+    lags, lost, stat_lag = [], 0, []
+    end = time.monotonic() + seconds
+    i = 0
+    try:
+        for _ in range(int(seconds / 0.02) + 10):
+            if time.monotonic() > end or stop.is_set():
+                break
+            k = b"lagprobe:%d" % i
+            i += 1
+            t0 = time.monotonic()
+            ca.store("set", k, b"%.6f" % time.time())
+            got = None
+            for _ in range(10000):                 # <= 5 s at 0.5 ms
+                if cb.mg(k, b"v") is not None:
+                    got = time.monotonic()
+                    break
+                if time.monotonic() - t0 > 5:
+                    break
+                time.sleep(0.0005)
+            if got is None:
+                lost += 1
+            else:
+                lags.append((got - t0) * 1000)
+            if i % 10 == 0 and s.pair:
+                v = s.a.stat_int("lag_ms")
+                if v is not None:
+                    stat_lag.append(v)
+            time.sleep(max(0.0, 0.02 - (time.monotonic() - t0)))
+    finally:
+        ca.close()
+        cb.close()
+    return lags, lost, stat_lag
+
+
+def lag(o, max_write_rate):
+    out = {}
+    for label, rate in (("half", max_write_rate / 2), ("max", 0)):
+        with Setup(o, "twin") as s:
+            preload(o, s.a)
+            args = WORKLOADS["write"][1] + ["--conns", "50", "--duration", str(o.lag_seconds),
+                                            "--warmup", "0", "--keys", "10000"]
+            if rate:
+                args += ["--rate", str(int(rate))]
+            stop = threading.Event()
+            result = {}
+
+            def run():
+                try:
+                    result["lg"] = loadgen(o.loadgen, s.a, args)
+                finally:
+                    stop.set()
+            t = threading.Thread(target=run)
+            t.start()
+            time.sleep(0.5)
+            lags, lost, stat_lag = probe_lag(s, o.lag_seconds - 1, stop)
+            t.join(o.lag_seconds + 120)
+            lg = result.get("lg", {})
+            out[label] = {"rate": lg.get("ops_per_sec"), "probes": len(lags), "lost": lost,
+                          "p50_ms": pct(lags, 0.5), "p99_ms": pct(lags, 0.99), "max_ms": pct(lags, 1.0),
+                          "repl_lag_ms_p50": pct(stat_lag, 0.5), "repl_lag_ms_max": pct(stat_lag, 1.0)}
+            log("lag at %s rate (%s ops/s): p50 %s ms p99 %s ms, %d probes, %d lost" % (
+                label, lg.get("ops_per_sec"), out[label]["p50_ms"], out[label]["p99_ms"], len(lags), lost))
+    return out
+
+
+# ------------------------------------------------------------------ bytes on the link
+
+
+def link_bytes(o):
+    out = {}
+    if o.dry_run:
+        return out
+    n = 5000 if not o.quick else 2000
+    for size in (100, 4096):
+        with Setup(o, "twin", proxy=True) as s:
+            link = s.link
+            t0, idle0 = time.monotonic(), link.bytes_from("a")
+            time.sleep(1.0)
+            idle_rate = (link.bytes_from("a") - idle0) / (time.monotonic() - t0)
+            applied0 = s.b.stat_int("records_applied") or 0
+            before, t1 = link.bytes_from("a"), time.monotonic()
+            preload(o, s.a, keys=n, size=size, prefix="b%d:" % size)
+            ok = twinlib.wait_until(lambda: (s.b.stat_int("records_applied") or 0) >= applied0 + n
+                                    and s.a.stat_int("lag_records") == 0, timeout=60, step=0.05)
+            dt = time.monotonic() - t1
+            total = link.bytes_from("a") - before - idle_rate * dt
+            back = None
+            out[size] = {"writes": n, "bytes_per_write": total / n, "overhead_per_write": total / n - size,
+                         "settled": bool(ok), "idle_bytes_per_s": idle_rate, "back_bytes": back}
+            log("link bytes per %d B write: %.1f (%d writes, settled=%s)" % (size, total / n, n, bool(ok)))
+    return out
+
+
+# ------------------------------------------------------------------ report
+
+
+def fmt(x, d=2):
+    return "–" if x is None else "%.*f" % (d, x)
+
+
+def markdown(tp, lg, lb, o):
+    lines = ["## Twin replication cost (%s, %d rep(s), throughput runs %d s, lag phases %d s)"
+             % ("dry run: both nodes are one standalone server" if o.dry_run else "memtwin pair",
+                o.reps, o.tp_seconds, o.lag_seconds), "",
+             "| workload | single ops/s | twinned ops/s | **twin/single ops** | twin/single p99 |",
+             "|---|---|---|---|---|"]
+    for wl, r in tp.items():
+        lines.append("| %s | %.0f | %.0f | **%s** | %s |" % (WORKLOADS[wl][0], r["single_ops"], r["twin_ops"],
+                                                          fmt(r["ops_ratio"]), fmt(r["p99_ratio"])))
+    lines += ["", "| lag at | write rate ops/s | probes (lost) | p50 ms | **p99 ms** | max ms | repl_lag_ms p50 / max |",
+              "|---|---|---|---|---|---|---|"]
+    for label, r in lg.items():
+        lines.append("| %s rate | %s | %d (%d) | %s | **%s** | %s | %s / %s |" % (
+            label, fmt(r["rate"], 0), r["probes"], r["lost"], fmt(r["p50_ms"]), fmt(r["p99_ms"]),
+            fmt(r["max_ms"]), fmt(r["repl_lag_ms_p50"], 0), fmt(r["repl_lag_ms_max"], 0)))
+    if lb:
+        lines += ["", "| write size | link bytes per write | overhead per write | settled |", "|---|---|---|---|"]
+        for size, r in lb.items():
+            lines.append("| %d B | %.1f | %.1f | %s |" % (size, r["bytes_per_write"], r["overhead_per_write"],
+                                                          "yes" if r["settled"] else "**no**"))
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--duration", type=float, help="seconds per lag phase (default 60, --quick 10)")
+    ap.add_argument("--reps", type=int)
+    ap.add_argument("--bin", default=os.environ.get("MEMTWIN_BIN", os.path.join(ROOT, "target/release/memtwin")))
+    ap.add_argument("--loadgen", default=os.path.join(ROOT, "target/release/memtwin-loadgen"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench-replication"))
+    ap.add_argument("--dry-run", action="store_true",
+                    help="no twin: 'pair' = one standalone node (tests this script's plumbing)")
+    o = ap.parse_args()
+    o.lag_seconds = int(o.duration or (10 if o.quick else 60))
+    o.tp_seconds = 3 if o.quick else 8
+    o.reps = o.reps or (1 if o.quick else 3)
+    o.bin = os.path.abspath(o.bin)
+    if not o.dry_run:
+        ok, why = twinlib.binary_supports_replication(o.bin)
+        if not ok:
+            print("benches/replication.py: skipped: %s" % why)
+            return 0
+    if not os.path.exists(o.loadgen):
+        print("benches/replication.py: no load generator at %s "
+              "(cargo build --release -p memtwin-bench)" % o.loadgen, file=sys.stderr)
+        return 2
+    os.makedirs(o.out, exist_ok=True)
+    o.workdir = tempfile.mkdtemp(prefix="run-", dir=o.out)
+    t0 = time.monotonic()
+    tp = throughput(o)
+    lg = lag(o, tp["write"]["twin_ops"])
+    lb = link_bytes(o)
+    md = markdown(tp, lg, lb, o)
+    print(md)
+    with open(os.path.join(o.workdir, "result.json"), "w") as f:
+        json.dump({"throughput": tp, "lag": lg, "link_bytes": {str(k): v for k, v in lb.items()},
+                   "seconds": time.monotonic() - t0}, f, indent=2)
+    with open(os.path.join(o.workdir, "result.md"), "w") as f:
+        f.write(md + "\n")
+    log("results in %s (%.0f s)" % (o.workdir, time.monotonic() - t0))
+    return 0
+
+
+if __name__ == "__main__":
+    socket.setdefaulttimeout(10)
+    sys.exit(main())
