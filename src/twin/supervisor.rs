@@ -411,7 +411,7 @@ async fn accept_loop(
                 }
                 Err(e) => {
                     note_refusal(&node, &e);
-                    if let Some(suppressed) = lock(&log).allow(&e.to_string()) {
+                    if let Some(suppressed) = lock(&log).allow() {
                         let more = if suppressed > 0 {
                             format!(" ({suppressed} similar messages suppressed)")
                         } else {
@@ -425,30 +425,42 @@ async fn accept_loop(
     }
 }
 
-/// At most one log line per second from the listener, whatever connects,
-/// and the same message (a twin retrying with a wrong secret) once a minute.
-#[derive(Default)]
+/// Log lines the listener may write in a burst, and how fast the allowance
+/// comes back: every refused connection is logged, until something floods the
+/// port, and then a line says how many were left out.
+const LOG_BURST: u32 = 20;
+const LOG_REFILL: Duration = Duration::from_secs(3);
+
 struct RateLimit {
-    last: Option<Instant>,
-    last_message: String,
+    tokens: u32,
+    refilled: Instant,
     suppressed: u64,
 }
 
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            tokens: LOG_BURST,
+            refilled: Instant::now(),
+            suppressed: 0,
+        }
+    }
+}
+
 impl RateLimit {
-    /// Some(lines suppressed since the last one) if `message` may be logged.
-    fn allow(&mut self, message: &str) -> Option<u64> {
+    /// Some(lines suppressed since the last one) if a line may be logged.
+    fn allow(&mut self) -> Option<u64> {
         let now = Instant::now();
-        let quiet = if message == self.last_message {
-            Duration::from_secs(60)
-        } else {
-            Duration::from_secs(1)
-        };
-        if self.last.is_some_and(|t| now.duration_since(t) < quiet) {
+        let earned = now.duration_since(self.refilled).as_millis() / LOG_REFILL.as_millis();
+        if earned > 0 {
+            self.tokens = LOG_BURST.min(self.tokens + u32::try_from(earned).unwrap_or(LOG_BURST));
+            self.refilled = now;
+        }
+        if self.tokens == 0 {
             self.suppressed += 1;
             return None;
         }
-        self.last = Some(now);
-        message.clone_into(&mut self.last_message);
+        self.tokens -= 1;
         Some(std::mem::take(&mut self.suppressed))
     }
 }
@@ -583,12 +595,18 @@ mod tests {
     #[test]
     fn listener_logs_are_rate_limited() {
         let mut r = RateLimit::default();
-        assert_eq!(r.allow("a"), Some(0));
-        assert_eq!(r.allow("a"), None);
-        assert_eq!(r.allow("b"), None, "within a second");
-        r.last = Some(Instant::now() - Duration::from_secs(2));
-        assert_eq!(r.allow("a"), None, "the same one waits a minute");
-        assert_eq!(r.allow("b"), Some(3), "a different message after a second");
+        for _ in 0..LOG_BURST {
+            assert_eq!(r.allow(), Some(0));
+        }
+        assert_eq!(r.allow(), None);
+        assert_eq!(r.allow(), None);
+        r.refilled -= LOG_REFILL;
+        assert_eq!(
+            r.allow(),
+            Some(2),
+            "one more, saying how many were left out"
+        );
+        assert_eq!(r.allow(), None);
     }
 
     #[test]
