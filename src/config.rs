@@ -6,9 +6,12 @@
 //! and built-in defaults fill the rest, so the daemon runs with no file at all.
 
 use crate::persist::{FsyncMode, PersistConfig};
+use crate::twin::config::Secret;
 use clap::{ArgAction, Parser, ValueEnum};
 use serde::Deserialize;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Default sled page cache (`--sled-cache-mb`). Budget RSS at several times
 /// this: sled's real memory use is known to exceed its cache setting.
@@ -143,6 +146,28 @@ pub struct Cli {
     /// sled page cache in megabytes (default 64), on top of -m.
     #[arg(long = "sled-cache-mb", value_name = "MB")]
     pub sled_cache_mb: Option<u64>,
+    /// The twin's replication address; replication is off without it.
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    pub peer: Option<String>,
+    /// Where the twin connects (default: the first client address, port + 1000).
+    #[arg(long = "replication-listen", value_name = "ADDR")]
+    pub replication_listen: Option<String>,
+    /// File holding the secret shared with the twin (required with --peer).
+    #[arg(long = "replication-secret", value_name = "FILE")]
+    pub replication_secret: Option<PathBuf>,
+    /// This node's id, 1-4095, distinct from the twin's (default: generated,
+    /// kept in the data dir).
+    #[arg(long = "node-id", value_name = "N")]
+    pub node_id: Option<u16>,
+    /// Refuse the twin link above this clock difference (default 5).
+    #[arg(long = "max-clock-skew", value_name = "SECS")]
+    pub max_clock_skew: Option<u64>,
+    /// Keep tombstones of deleted keys at least this long (default 600).
+    #[arg(long = "tombstone-ttl", value_name = "SECS")]
+    pub tombstone_ttl: Option<u64>,
+    /// Byte cap of the queue of records waiting for the twin (default 64).
+    #[arg(long = "replication-queue-mb", value_name = "MB")]
+    pub replication_queue_mb: Option<u64>,
 }
 
 /// The TOML file: the same settings under their long names.
@@ -173,6 +198,31 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub fsync: Option<FsyncMode>,
     pub sled_cache_mb: Option<u64>,
+    pub peer: Option<String>,
+    pub replication_listen: Option<String>,
+    pub replication_secret: Option<PathBuf>,
+    pub node_id: Option<u16>,
+    pub max_clock_skew: Option<u64>,
+    pub tombstone_ttl: Option<u64>,
+    pub replication_queue_mb: Option<u64>,
+}
+
+/// Defaults of the replication flags (docs/replication.md §8).
+pub const DEFAULT_MAX_CLOCK_SKEW_SECS: u64 = 5;
+pub const DEFAULT_TOMBSTONE_TTL_SECS: u64 = 600;
+pub const DEFAULT_REPLICATION_QUEUE_MB: u64 = 64;
+/// Shortest secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// Twin replication (`--peer` and friends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationSettings {
+    /// `HOST:PORT`, resolved at each dial (the twin may move).
+    pub peer: String,
+    pub listen: SocketAddr,
+    pub secret: Secret,
+    pub max_clock_skew: Duration,
+    pub queue_bytes: usize,
 }
 
 /// Resolved settings the daemon runs with.
@@ -202,6 +252,12 @@ pub struct Settings {
     pub idle_timeout: u64,
     /// Persistence (`--data-dir`); None = memory only.
     pub persist: Option<PersistConfig>,
+    /// `--node-id`; None = generated (and kept in the data dir).
+    pub node_id: Option<u16>,
+    /// Minimum tombstone lifetime in seconds (`--tombstone-ttl`).
+    pub tombstone_ttl: u64,
+    /// Twin replication; None = standalone.
+    pub replication: Option<ReplicationSettings>,
     /// Warnings produced while resolving (unknown -o options ...), logged at start.
     pub warnings: Vec<String>,
 }
@@ -238,6 +294,30 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("--fsync and --sled-cache-mb need --data-dir (persistence is off without it)")]
     PersistWithoutDir,
+    #[error("--node-id {0} is out of range: use 1 to 4095")]
+    NodeId(u16),
+    #[error("--peer {0:?} is not HOST:PORT")]
+    Peer(String),
+    #[error(
+        "--peer needs --replication-secret FILE, the secret shared by both twins; make one with\n  \
+         head -c 32 /dev/urandom | base64 > /etc/memtwin/replication.secret; chmod 600 /etc/memtwin/replication.secret\n\
+         copy it to the twin and pass --replication-secret /etc/memtwin/replication.secret on both nodes"
+    )]
+    SecretMissing,
+    #[error("cannot read the replication secret {path}: {source}")]
+    SecretRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the replication secret {path} holds {len} bytes, fewer than {MIN_SECRET_BYTES}: make a \
+         longer one with head -c 32 /dev/urandom | base64 > {path}"
+    )]
+    SecretShort { path: PathBuf, len: usize },
+    #[error("--replication-listen {addr:?}: {why}")]
+    ReplicationListen { addr: String, why: String },
+    #[error("{0} need --peer (replication is off without it)")]
+    ReplicationWithoutPeer(&'static str),
 }
 
 /// Parse `1m`, `512k`, `2048` into bytes.
@@ -361,8 +441,26 @@ impl Settings {
         } else {
             file.listen.unwrap_or_else(|| vec!["127.0.0.1".into()])
         };
+        let port = cli.port.or(file.port).unwrap_or(11211);
+        let node_id = cli.node_id.or(file.node_id);
+        if let Some(id) = node_id {
+            if id == 0 || id > crate::version::MAX_NODE_ID {
+                return Err(ConfigError::NodeId(id));
+            }
+        }
+        let replication = resolve_replication(
+            ReplicationInput {
+                peer: cli.peer.or(file.peer),
+                listen: cli.replication_listen.or(file.replication_listen),
+                secret: cli.replication_secret.or(file.replication_secret),
+                max_clock_skew: cli.max_clock_skew.or(file.max_clock_skew),
+                queue_mb: cli.replication_queue_mb.or(file.replication_queue_mb),
+            },
+            &listen,
+            port,
+        )?;
         Ok(Settings {
-            port: cli.port.or(file.port).unwrap_or(11211),
+            port,
             listen,
             unix_socket: cli.unix_socket.or(file.unix_socket),
             unix_mask,
@@ -390,9 +488,129 @@ impl Settings {
             backlog: cli.listen_backlog.or(file.listen_backlog).unwrap_or(1024),
             idle_timeout: cli.idle_timeout.or(file.idle_timeout).unwrap_or(0),
             persist,
+            node_id,
+            tombstone_ttl: cli
+                .tombstone_ttl
+                .or(file.tombstone_ttl)
+                .unwrap_or(DEFAULT_TOMBSTONE_TTL_SECS),
+            replication,
             warnings,
         })
     }
+}
+
+/// The replication flags as given (command line over file).
+struct ReplicationInput {
+    peer: Option<String>,
+    listen: Option<String>,
+    secret: Option<PathBuf>,
+    max_clock_skew: Option<u64>,
+    queue_mb: Option<u64>,
+}
+
+fn resolve_replication(
+    input: ReplicationInput,
+    client_listen: &[String],
+    client_port: u16,
+) -> Result<Option<ReplicationSettings>, ConfigError> {
+    let Some(peer) = input.peer else {
+        if input.listen.is_some() {
+            return Err(ConfigError::ReplicationWithoutPeer("--replication-listen"));
+        }
+        if input.secret.is_some() {
+            return Err(ConfigError::ReplicationWithoutPeer("--replication-secret"));
+        }
+        return Ok(None);
+    };
+    match peer.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0) => {}
+        _ => return Err(ConfigError::Peer(peer)),
+    }
+    let path = input.secret.ok_or(ConfigError::SecretMissing)?;
+    let secret = read_secret(&path)?;
+    let listen = match input.listen {
+        Some(a) => resolve_addr(&a, None)?,
+        None => {
+            let first = client_listen.first().map_or("127.0.0.1", String::as_str);
+            let port =
+                client_port
+                    .checked_add(1000)
+                    .ok_or_else(|| ConfigError::ReplicationListen {
+                        addr: first.to_string(),
+                        why: format!(
+                            "client port {client_port} + 1000 overflows: set --replication-listen"
+                        ),
+                    })?;
+            resolve_addr(first, Some(port))?
+        }
+    };
+    let mb = input.queue_mb.unwrap_or(DEFAULT_REPLICATION_QUEUE_MB);
+    if mb == 0 {
+        return Err(ConfigError::Zero(
+            "replication queue (--replication-queue-mb)",
+        ));
+    }
+    let skew = input.max_clock_skew.unwrap_or(DEFAULT_MAX_CLOCK_SKEW_SECS);
+    if skew == 0 {
+        return Err(ConfigError::Zero("--max-clock-skew"));
+    }
+    Ok(Some(ReplicationSettings {
+        peer,
+        listen,
+        secret,
+        max_clock_skew: Duration::from_secs(skew),
+        queue_bytes: usize::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+    }))
+}
+
+/// The secret file's bytes, trailing newline trimmed; at least 16 bytes.
+pub fn read_secret(path: &std::path::Path) -> Result<Secret, ConfigError> {
+    let raw = std::fs::read(path).map_err(|source| ConfigError::SecretRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut end = raw.len();
+    while end > 0 && matches!(raw[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    if end < MIN_SECRET_BYTES {
+        return Err(ConfigError::SecretShort {
+            path: path.to_path_buf(),
+            len: end,
+        });
+    }
+    Ok(Secret::new(&raw[..end]))
+}
+
+/// `IP:PORT`, `HOST:PORT`, or (with `port`) a bare `IP`/`HOST` as in `-l`.
+fn resolve_addr(spec: &str, port: Option<u16>) -> Result<SocketAddr, ConfigError> {
+    let bad = |why: String| ConfigError::ReplicationListen {
+        addr: spec.to_string(),
+        why,
+    };
+    if let Ok(sa) = spec.parse::<SocketAddr>() {
+        return Ok(match port {
+            Some(p) => SocketAddr::new(sa.ip(), p),
+            None => sa,
+        });
+    }
+    let host = spec.trim_start_matches('[').trim_end_matches(']');
+    if let (Ok(ip), Some(p)) = (host.parse::<std::net::IpAddr>(), port) {
+        return Ok(SocketAddr::new(ip, p));
+    }
+    let (h, p) = match (spec.rsplit_once(':'), port) {
+        (Some((h, p)), None) => (
+            h,
+            p.parse::<u16>().map_err(|_| bad("not HOST:PORT".into()))?,
+        ),
+        (_, Some(p)) => (spec, p),
+        (None, None) => return Err(bad("not HOST:PORT".into())),
+    };
+    (h, p)
+        .to_socket_addrs()
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad("resolves to no address".into()))
 }
 
 #[cfg(test)]
@@ -527,6 +745,131 @@ mod tests {
             "always",
         ]);
         assert_eq!(s.persist.map(|p| p.fsync), Some(FsyncMode::Always));
+    }
+
+    fn secret_file(dir: &std::path::Path, content: &[u8]) -> String {
+        let p = dir.join("secret");
+        std::fs::write(&p, content).expect("write");
+        p.to_str().expect("utf8").to_string()
+    }
+
+    #[test]
+    fn replication_is_off_by_default() {
+        let s = settings(&[]);
+        assert!(s.replication.is_none());
+        assert_eq!((s.node_id, s.tombstone_ttl), (None, 600));
+    }
+
+    #[test]
+    fn replication_flags_and_defaults() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let secret = secret_file(dir.path(), b"0123456789abcdef0123\n");
+        let s = settings(&[
+            "-p",
+            "11311",
+            "-l",
+            "10.0.0.1,127.0.0.1",
+            "--peer",
+            "twin.example:12311",
+            "--replication-secret",
+            &secret,
+            "--node-id",
+            "17",
+            "--tombstone-ttl",
+            "900",
+        ]);
+        let r = s.replication.expect("on");
+        assert_eq!(r.peer, "twin.example:12311");
+        assert_eq!(r.listen, "10.0.0.1:12311".parse().expect("addr"));
+        assert_eq!(r.secret.bytes(), b"0123456789abcdef0123", "newline trimmed");
+        assert_eq!(r.max_clock_skew, Duration::from_secs(5));
+        assert_eq!(r.queue_bytes, 64 << 20);
+        assert_eq!((s.node_id, s.tombstone_ttl), (Some(17), 900));
+        assert!(!format!("{r:?}").contains("0123456789"), "secret redacted");
+
+        let s = settings(&[
+            "--peer",
+            "10.0.0.2:12211",
+            "--replication-secret",
+            &secret,
+            "--replication-listen",
+            "0.0.0.0:7000",
+            "--max-clock-skew",
+            "2",
+            "--replication-queue-mb",
+            "8",
+        ]);
+        let r = s.replication.expect("on");
+        assert_eq!(r.listen, "0.0.0.0:7000".parse().expect("addr"));
+        assert_eq!(r.max_clock_skew, Duration::from_secs(2));
+        assert_eq!(r.queue_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn replication_errors() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let good = secret_file(dir.path(), b"0123456789abcdef");
+        let err = |args: &[&str]| {
+            let mut v = vec!["memtwin"];
+            v.extend_from_slice(args);
+            Settings::from_args(v).expect_err("refused").to_string()
+        };
+        let e = err(&["--peer", "b:12211"]);
+        assert!(e.contains("head -c 32 /dev/urandom | base64"), "{e}");
+        assert!(err(&["--peer", "b", "--replication-secret", &good]).contains("HOST:PORT"));
+        assert!(err(&["--peer", "b:0", "--replication-secret", &good]).contains("HOST:PORT"));
+        assert!(err(&["--node-id", "0"]).contains("1 to 4095"));
+        assert!(err(&["--node-id", "4096"]).contains("1 to 4095"));
+        assert!(err(&["--replication-secret", &good]).contains("need --peer"));
+        assert!(
+            err(&["--peer", "b:1", "--replication-secret", "/nonexistent/s"])
+                .contains("cannot read")
+        );
+        let empty = secret_file(dir.path(), b"\n");
+        assert!(err(&["--peer", "b:1", "--replication-secret", &empty]).contains("fewer than 16"));
+        let short = secret_file(dir.path(), b"short secret\n");
+        assert!(err(&["--peer", "b:1", "--replication-secret", &short]).contains("12 bytes"));
+        let good = secret_file(dir.path(), b"0123456789abcdef");
+        assert!(err(&[
+            "-p",
+            "65000",
+            "--peer",
+            "b:1",
+            "--replication-secret",
+            &good
+        ])
+        .contains("overflows"));
+        assert!(err(&[
+            "--peer",
+            "b:1",
+            "--replication-secret",
+            &good,
+            "--replication-queue-mb",
+            "0"
+        ])
+        .contains("at least 1"));
+    }
+
+    #[test]
+    fn replication_file_keys() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let secret = secret_file(dir.path(), b"0123456789abcdef");
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "peer = \"10.0.0.2:12211\"\nreplication-secret = \"{secret}\"\nreplication-listen = \"127.0.0.1:9999\"\n\
+                 node-id = 3\nmax-clock-skew = 3\ntombstone-ttl = 1200\nreplication-queue-mb = 16\n"
+            ),
+        )
+        .expect("write");
+        let s = settings(&["--config", path.to_str().expect("utf8"), "--node-id", "4"]);
+        let r = s.replication.expect("on");
+        assert_eq!(r.peer, "10.0.0.2:12211");
+        assert_eq!(r.listen, "127.0.0.1:9999".parse().expect("addr"));
+        assert_eq!(r.max_clock_skew, Duration::from_secs(3));
+        assert_eq!(r.queue_bytes, 16 << 20);
+        assert_eq!((s.node_id, s.tombstone_ttl), (Some(4), 1200), "cli wins");
     }
 
     #[test]

@@ -179,12 +179,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let clock = Arc::new(Clock::new());
     let stats = Arc::new(Stats::new());
     let stream = Arc::new(MutationStream::new());
+    // Every version this node stamps carries this id (the store's clock).
+    let (node_id, node_id_source) = crate::twin::node_id::resolve(
+        settings.node_id,
+        settings.persist.as_ref().map(|p| p.dir.as_path()),
+    )?;
     let engine = Arc::new(Engine::new(
         EngineConfig {
             store: StoreConfig {
-                // Standalone: the node id only keeps versions distinct from a
-                // twin's, so a random one does.
-                node_id: crate::version::generate_node_id().unwrap_or(1),
+                node_id,
+                // Tombstones exist only for a twin: standalone costs as before.
+                tombstones: settings.replication.is_some(),
+                tombstone_ttl: u32::try_from(settings.tombstone_ttl).unwrap_or(u32::MAX),
                 ..StoreConfig::standalone(settings.memory_limit, settings.evict, settings.cas)
             },
             item_size_max: settings.item_size_max,
@@ -228,6 +234,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // As the service user, once the data dir is ours.
+    if let Err(e) = crate::twin::node_id::keep(&node_id_source, node_id) {
+        tracing::warn!("node id {node_id} not kept, a new one is drawn at restart: {e}");
+    }
+    // After the load (the twin scans the table) and before clients: no
+    // client write is accepted before the link's subscription exists.
+    let twin = match &settings.replication {
+        Some(r) => {
+            let history = persist.as_ref().map_or(0, |p| p.state().history_id());
+            let t = start_twin(r, &settings, &engine, history).await?;
+            tracing::info!(
+                "twin replication: node id {node_id} ({}), listening on {}, peer {}",
+                node_id_source.describe(),
+                t.listen_addr(),
+                r.peer
+            );
+            let _ = shared.twin.set(t.stats());
+            Some(t)
+        }
+        None => None,
+    };
     for l in listeners.iter() {
         tracing::info!("memtwin {} listening on {}", crate::VERSION, l.describe());
     }
@@ -240,6 +267,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("cannot start the worker threads")?;
     notifier.notify("STOPPING=1");
+    // Stop applying the twin's records before the disk writer drains.
+    if let Some(t) = twin {
+        t.stop().await;
+    }
     if let Some(p) = persist {
         // Everything the server accepted is in the stream: drain and sync it.
         let store = engine.store();
@@ -286,6 +317,26 @@ fn start_persistence(
         ));
     })?;
     Ok(p.start(engine.store(), clock)?)
+}
+
+/// Bind the replication listener and start the link.
+async fn start_twin(
+    r: &crate::config::ReplicationSettings,
+    settings: &Settings,
+    engine: &Arc<Engine>,
+    history_id: u128,
+) -> anyhow::Result<crate::twin::Twin> {
+    use crate::twin::{Twin, TwinConfig};
+    let mut cfg = TwinConfig::new(r.listen, r.peer.clone(), r.secret.clone());
+    cfg.history_id = history_id;
+    cfg.max_clock_skew = r.max_clock_skew;
+    cfg.queue_bytes = r.queue_bytes;
+    // The largest item must fit one frame (both twins need the same -I).
+    cfg.max_frame =
+        crate::protocol::twin::MAX_FRAME_DEFAULT.max(settings.item_size_max + (64 << 10));
+    Twin::start(crate::twin::engine_store(engine), cfg)
+        .await
+        .with_context(|| format!("cannot listen for the twin on {}", r.listen))
 }
 
 fn spawn_signal_handler(shared: Arc<Shared>) -> anyhow::Result<()> {

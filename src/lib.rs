@@ -43,6 +43,7 @@ pub mod session;
 pub mod stats;
 pub mod store;
 pub mod systemd;
+pub mod twin;
 pub mod version;
 
 /// memtwin's own version.

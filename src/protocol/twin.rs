@@ -30,10 +30,16 @@
 //! ```text
 //! frame:  len u32 | kind u8 | payload            (len = 1 + payload length)
 //! record: tag u8 | origin_seq u64 | version u64 | key_len u16 | key | tail
-//!   Store/Touch tail: cas u64 | flags u32 | exptime u32 | stored_at u32 | bits u8 | value_len u32 | value
+//!   Store/Touch tail: cas u64 | flags u32 | exptime u32 | bits u8 | value_len u32 | value
 //!   Delete tail:      (none)
-//!   Flush tail:       at u32 | ceiling u64       (key_len = 0)
+//!   Flush tail:       hidden u64 | at u32 | ceiling u64   (key_len = 0)
 //! ```
+//!
+//! After the handshake, [`Frame::Synced`] is the sender's promise about the
+//! receiver's state: every change of its own up to a version has been sent in
+//! the frames before it. The receiver keeps that as its resume point, so a
+//! gap (a dropped link, an overflowing queue, a table scan cut short) never
+//! advances it past what really arrived.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use hmac::{Hmac, Mac};
@@ -59,9 +65,9 @@ const BATCH_HEADER: usize = LEN_PREFIX + 1 + 2 + 4;
 /// Bytes of a record before its key: tag, origin_seq, version, key_len.
 const RECORD_HEAD: usize = 1 + 8 + 8 + 2;
 /// Bytes of a Store/Touch tail before the value.
-const ITEM_TAIL: usize = 8 + 4 + 4 + 4 + 1 + 4;
+const ITEM_TAIL: usize = 8 + 4 + 4 + 1 + 4;
 /// Bytes of a Flush tail.
-const FLUSH_TAIL: usize = 4 + 8;
+const FLUSH_TAIL: usize = 8 + 4 + 8;
 /// Domain-separation prefix of the authentication MAC.
 const AUTH_CONTEXT: &[u8] = b"memtwin twin auth v1";
 
@@ -74,6 +80,7 @@ pub mod kind {
     pub const BATCH: u8 = 5;
     pub const ACK: u8 = 6;
     pub const PING: u8 = 7;
+    pub const SYNCED: u8 = 8;
 }
 
 /// Record tags (a record's first byte).
@@ -152,7 +159,6 @@ pub struct ItemRecord {
     pub flags: u32,
     /// Absolute Unix time, 0 = never.
     pub exptime: u32,
-    pub stored_at: u32,
     pub bits: u8,
 }
 
@@ -165,9 +171,10 @@ pub enum RecordBody {
     Touch(ItemRecord),
     /// The key is gone (a tombstone).
     Delete { key: Bytes },
-    /// `flush_all`: items stored before `at` (0 = none) or with a sequence
-    /// number up to `ceiling` are dead.
-    Flush { at: u32, ceiling: u64 },
+    /// The flush state after a `flush_all` (`crate::mutation::FlushSpec`):
+    /// items with a version up to `hidden` are dead, and from Unix second
+    /// `at` (0 = none pending) those up to `ceiling` too.
+    Flush { hidden: u64, at: u32, ceiling: u64 },
 }
 
 /// One replicated state change.
@@ -212,6 +219,12 @@ pub enum Frame {
     Ping {
         wall_ms: u64,
     },
+    /// From the sender of `origin`'s changes: all of them with a version at
+    /// or below `version` are in the frames sent before this one.
+    Synced {
+        origin: u16,
+        version: u64,
+    },
 }
 
 impl Frame {
@@ -224,6 +237,7 @@ impl Frame {
             Frame::Batch { .. } => kind::BATCH,
             Frame::Ack { .. } => kind::ACK,
             Frame::Ping { .. } => kind::PING,
+            Frame::Synced { .. } => kind::SYNCED,
         }
     }
 }
@@ -274,6 +288,10 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u64_le(*seq);
         }
         Frame::Ping { wall_ms } => out.put_u64_le(*wall_ms),
+        Frame::Synced { origin, version } => {
+            out.put_u16_le(*origin);
+            out.put_u64_le(*version);
+        }
     }
     patch_u32(out, start, out.len() - start - LEN_PREFIX);
 }
@@ -354,7 +372,12 @@ fn put_record(out: &mut BytesMut, rec: &Record) {
     match &rec.body {
         RecordBody::Store(item) | RecordBody::Touch(item) => put_item_tail(out, item),
         RecordBody::Delete { .. } => {}
-        RecordBody::Flush { at, ceiling } => {
+        RecordBody::Flush {
+            hidden,
+            at,
+            ceiling,
+        } => {
+            out.put_u64_le(*hidden);
             out.put_u32_le(*at);
             out.put_u64_le(*ceiling);
         }
@@ -365,7 +388,6 @@ fn put_item_tail(out: &mut BytesMut, item: &ItemRecord) {
     out.put_u64_le(item.cas);
     out.put_u32_le(item.flags);
     out.put_u32_le(item.exptime);
-    out.put_u32_le(item.stored_at);
     out.put_u8(item.bits);
     out.put_u32_le(clamp_u32(item.value.len()));
     out.put_slice(&item.value);
@@ -488,6 +510,10 @@ fn decode_payload(kind: u8, r: &mut Reader) -> Result<Frame, FrameError> {
         kind::PING => Ok(Frame::Ping {
             wall_ms: r.u64("short ping")?,
         }),
+        kind::SYNCED => Ok(Frame::Synced {
+            origin: r.u16("short synced")?,
+            version: r.u64("short synced")?,
+        }),
         other => Err(FrameError::UnknownKind(other)),
     }
 }
@@ -563,6 +589,7 @@ fn decode_record(r: &mut Reader) -> Result<Record, FrameError> {
         tag::TOUCH => RecordBody::Touch(decode_item(r, key)?),
         tag::DELETE => RecordBody::Delete { key },
         _ => RecordBody::Flush {
+            hidden: r.u64(SHORT)?,
             at: r.u32(SHORT)?,
             ceiling: r.u64(SHORT)?,
         },
@@ -590,7 +617,6 @@ fn decode_item(r: &mut Reader, key: Bytes) -> Result<ItemRecord, FrameError> {
     let cas = r.u64(SHORT)?;
     let flags = r.u32(SHORT)?;
     let exptime = r.u32(SHORT)?;
-    let stored_at = r.u32(SHORT)?;
     let bits = r.u8(SHORT)?;
     let value_len = r.u32(SHORT)? as usize;
     Ok(ItemRecord {
@@ -599,7 +625,6 @@ fn decode_item(r: &mut Reader, key: Bytes) -> Result<ItemRecord, FrameError> {
         cas,
         flags,
         exptime,
-        stored_at,
         bits,
     })
 }
@@ -745,7 +770,6 @@ mod tests {
             cas: 8,
             flags: 0x0102_0304,
             exptime: 5,
-            stored_at: 6,
             bits: 1,
         }
     }
@@ -805,6 +829,7 @@ mod tests {
                     rec(
                         4,
                         RecordBody::Flush {
+                            hidden: 5,
                             at: 77,
                             ceiling: 1 << 40,
                         },
@@ -816,6 +841,10 @@ mod tests {
                 seq: 1 << 33,
             },
             Frame::Ping { wall_ms: 42 },
+            Frame::Synced {
+                origin: 4095,
+                version: u64::MAX,
+            },
         ]
     }
 
@@ -873,7 +902,7 @@ mod tests {
         };
         #[rustfmt::skip]
         let want: &[u8] = &[
-            53, 0, 0, 0,             // len
+            49, 0, 0, 0,             // len
             5,                       // kind: batch
             2, 0,                    // origin
             1, 0, 0, 0,              // count
@@ -884,7 +913,6 @@ mod tests {
             8, 0, 0, 0, 0, 0, 0, 0,  // cas
             4, 3, 2, 1,              // flags
             5, 0, 0, 0,              // exptime
-            6, 0, 0, 0,              // stored_at
             1,                       // bits
             1, 0, 0, 0, b'v',        // value
         ];
@@ -1078,7 +1106,14 @@ mod tests {
             );
         }
         // A flush record carrying a key.
-        let mut b = batch_of(vec![rec(1, RecordBody::Flush { at: 0, ceiling: 0 })]);
+        let mut b = batch_of(vec![rec(
+            1,
+            RecordBody::Flush {
+                hidden: 0,
+                at: 0,
+                ceiling: 0,
+            },
+        )]);
         b[11 + 17] = 1;
         assert_eq!(
             decode_all(&b),
@@ -1180,21 +1215,17 @@ mod tests {
             arb_bytes(0..=64),
             any::<u32>(),
             any::<u32>(),
-            any::<u32>(),
             any::<u8>(),
             any::<u64>(),
         )
-            .prop_map(
-                |(key, value, flags, exptime, stored_at, bits, cas)| ItemRecord {
-                    key,
-                    value,
-                    cas,
-                    flags,
-                    exptime,
-                    stored_at,
-                    bits,
-                },
-            )
+            .prop_map(|(key, value, flags, exptime, bits, cas)| ItemRecord {
+                key,
+                value,
+                cas,
+                flags,
+                exptime,
+                bits,
+            })
     }
 
     fn arb_record() -> impl Strategy<Value = Record> {
@@ -1202,8 +1233,13 @@ mod tests {
             arb_item().prop_map(RecordBody::Store),
             arb_item().prop_map(RecordBody::Touch),
             arb_bytes(1..=MAX_KEY).prop_map(|key| RecordBody::Delete { key }),
-            (any::<u32>(), any::<u64>())
-                .prop_map(|(at, ceiling)| RecordBody::Flush { at, ceiling }),
+            (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(hidden, at, ceiling)| {
+                RecordBody::Flush {
+                    hidden,
+                    at,
+                    ceiling,
+                }
+            }),
         ];
         (any::<u64>(), any::<u64>(), body).prop_map(|(origin_seq, version, body)| Record {
             origin_seq,
@@ -1251,6 +1287,8 @@ mod tests {
                 .prop_map(|(origin, records)| Frame::Batch { origin, records }),
             (any::<u16>(), any::<u64>()).prop_map(|(origin, seq)| Frame::Ack { origin, seq }),
             any::<u64>().prop_map(|wall_ms| Frame::Ping { wall_ms }),
+            (any::<u16>(), any::<u64>())
+                .prop_map(|(origin, version)| Frame::Synced { origin, version }),
         ]
     }
 
@@ -1281,7 +1319,7 @@ mod tests {
         }
 
         #[test]
-        fn garbage_after_a_plausible_header_never_panics(kind in 0u8..9, payload in proptest::collection::vec(any::<u8>(), 0..256)) {
+        fn garbage_after_a_plausible_header_never_panics(kind in 0u8..10, payload in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode_all(&raw(kind, &payload));
         }
 

@@ -371,6 +371,13 @@ impl BinarySession {
                 b"items" => report::items(sh),
                 b"slabs" => report::slabs(sh),
                 b"sizes" => vec![("sizes_status", "disabled".to_string())],
+                b"replication" => match report::replication(sh) {
+                    Some(p) => p,
+                    None => {
+                        put_error(out, to, Status::KeyNotFound);
+                        return;
+                    }
+                },
                 _ => {
                     put_error(out, to, Status::KeyNotFound);
                     return;
@@ -525,6 +532,25 @@ mod tests {
 
     fn status_of(reply: &[u8]) -> u16 {
         u16::from_be_bytes([reply[6], reply[7]])
+    }
+
+    #[test]
+    fn stats_replication_group_only_with_a_peer() {
+        let sh = shared(false);
+        let mut s = BinarySession::new(sh.clone());
+        let (out, _) = run(&mut s, &[&req(op::STAT, b"replication", &[], &[], 0, 1)]);
+        assert_eq!(status_of(&out), Status::KeyNotFound as u16);
+        let t = Arc::new(crate::twin::TwinStats::new("b:12211".into(), 3));
+        assert!(sh.twin.set(t).is_ok());
+        let (out, _) = run(&mut s, &[&req(op::STAT, b"replication", &[], &[], 0, 2)]);
+        assert_eq!(status_of(&out), 0);
+        // The first pair: key "link", value "connecting".
+        let (klen, blen) = (
+            u16::from_be_bytes([out[2], out[3]]) as usize,
+            u32::from_be_bytes([out[8], out[9], out[10], out[11]]) as usize,
+        );
+        assert_eq!(&out[24..24 + klen], b"link");
+        assert_eq!(&out[24 + klen..24 + blen], b"connecting");
     }
 
     #[test]

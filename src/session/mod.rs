@@ -36,6 +36,9 @@ pub struct Shared {
     pub conns: ConnRegistry,
     /// Cancelled by the `shutdown` command (with `-A`) or a signal.
     pub shutdown: CancellationToken,
+    /// The twin link's counters, once it runs (`--peer`): `stats replication`
+    /// and the `repl_` fields of `stats`.
+    pub twin: std::sync::OnceLock<Arc<crate::twin::TwinStats>>,
 }
 
 impl Shared {
@@ -50,6 +53,7 @@ impl Shared {
             detail: AtomicBool::new(false),
             conns: ConnRegistry::default(),
             shutdown: CancellationToken::new(),
+            twin: std::sync::OnceLock::new(),
         }
     }
 }

@@ -106,7 +106,35 @@ pub fn general(shared: &Shared) -> Pairs {
         }
         None => v.push(("memtwin_persist_enabled", "0".into())),
     }
+    // Twin replication (`--peer`): only when configured.
+    if let Some(t) = shared.twin.get() {
+        v.extend(t.report());
+        v.extend(tombstones(shared));
+    }
     v
+}
+
+/// The store's tombstones (kept only with a twin), `repl_` prefixed.
+fn tombstones(shared: &Shared) -> Pairs {
+    let t = shared.engine.store().tombstone_stats();
+    vec![
+        ("repl_tombstones", t.count.to_string()),
+        ("repl_tombstone_bytes", t.bytes.to_string()),
+        ("repl_purge_watermark", t.purge_watermark.to_string()),
+    ]
+}
+
+/// `stats replication`: the link's fields without the `repl_` prefix; None
+/// without `--peer`, so the group is unknown as it is in memcached.
+pub fn replication(shared: &Shared) -> Option<Pairs> {
+    let t = shared.twin.get()?;
+    let mut v = t.report_group();
+    v.extend(
+        tombstones(shared)
+            .into_iter()
+            .map(|(k, val)| (k.strip_prefix("repl_").unwrap_or(k), val)),
+    );
+    Some(v)
 }
 
 /// `stats settings`.

@@ -298,6 +298,13 @@ impl TextSession {
             Some(b"slabs") => report::slabs(&self.shared),
             Some(b"items") => report::items(&self.shared),
             Some(b"sizes") => Vec::new(),
+            Some(b"replication") => match report::replication(&self.shared) {
+                Some(p) => p,
+                None => {
+                    text::put_line(out, b"ERROR");
+                    return;
+                }
+            },
             Some(b"conns") => {
                 for (name, value) in report::conns(&self.shared) {
                     text::put_stat(out, &name, &value);
@@ -388,6 +395,33 @@ mod tests {
             }
         }
         (out.to_vec(), closed)
+    }
+
+    fn run_on(sh: Arc<Shared>, input: &[u8]) -> String {
+        let mut s = TextSession::new(sh);
+        let mut input = BytesMut::from(input);
+        let mut out = BytesMut::new();
+        while let Flow::Flush = s.process(&mut input, &mut out) {}
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn stats_replication_only_with_a_peer() {
+        let sh = shared();
+        assert_eq!(run_on(sh.clone(), b"stats replication\r\n"), "ERROR\r\n");
+        assert!(!run_on(sh.clone(), b"stats\r\n").contains("repl_"));
+        let t = Arc::new(crate::twin::TwinStats::new("10.0.0.2:12211".into(), 3));
+        assert!(sh.twin.set(t).is_ok());
+        let out = run_on(sh.clone(), b"stats replication\r\n");
+        assert!(
+            out.starts_with("STAT link connecting\r\nSTAT peer 10.0.0.2:12211\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("STAT node_id 3\r\n") && out.ends_with("END\r\n"));
+        let out = run_on(sh, b"stats\r\n");
+        assert!(
+            out.contains("STAT repl_link connecting\r\n") && out.contains("STAT repl_lag_ms 0\r\n")
+        );
     }
 
     fn request() -> impl Strategy<Value = Vec<u8>> {

@@ -1,0 +1,80 @@
+//! What the link runs with: the operator's settings (`--peer`, the secret,
+//! `--max-clock-skew` ...) plus the timings, which tests shorten.
+
+use crate::protocol::twin::MAX_FRAME_DEFAULT;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The shared secret. Never printed: `Debug` redacts it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<[u8]>);
+
+impl Secret {
+    pub fn new(bytes: &[u8]) -> Self {
+        Secret(Arc::from(bytes))
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+/// Everything [`super::Twin::start`] needs besides the store.
+#[derive(Debug, Clone)]
+pub struct TwinConfig {
+    /// Where the twin connects to us (never the client port).
+    pub listen: SocketAddr,
+    /// The twin's replication address, `HOST:PORT`, resolved at each dial.
+    pub peer: String,
+    pub secret: Secret,
+    /// Identity of the local data set (0 without `--data-dir`).
+    pub history_id: u128,
+    /// Refuse the link above this clock difference.
+    pub max_clock_skew: Duration,
+    /// Byte cap of the outgoing queue.
+    pub queue_bytes: usize,
+    /// Largest frame accepted from the twin, and sent to it.
+    pub max_frame: usize,
+    pub handshake_timeout: Duration,
+    /// No frame for this long: the link is dead.
+    pub dead_after: Duration,
+    pub ack_interval: Duration,
+    pub ping_interval: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Records per table-scan call.
+    pub scan_chunk: usize,
+    /// Margin subtracted from the twin's resume point before a scan: covers
+    /// versions stamped slightly out of order with their publication.
+    pub resume_margin_ms: u64,
+}
+
+impl TwinConfig {
+    /// Production timings (docs/replication.md §6).
+    pub fn new(listen: SocketAddr, peer: String, secret: Secret) -> Self {
+        TwinConfig {
+            listen,
+            peer,
+            secret,
+            history_id: 0,
+            max_clock_skew: Duration::from_secs(5),
+            queue_bytes: 64 << 20,
+            max_frame: MAX_FRAME_DEFAULT,
+            handshake_timeout: Duration::from_secs(5),
+            dead_after: Duration::from_secs(10),
+            ack_interval: Duration::from_millis(10),
+            ping_interval: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            scan_chunk: 512,
+            resume_margin_ms: 2000,
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! One established link: Positions both ways, then the sender and the
+//! receiver run side by side until the link dies or is stopped.
+//!
+//! The sender ships live records from the outbox and, at link-up and after
+//! every queue overflow, a table scan of everything newer than the twin's
+//! resume point, interleaved (live records first, then one scan chunk).
+//! Because both are idempotent under the conflict rule, nothing has to be
+//! ordered between them. It moves the twin's resume point only with
+//! [`Frame::Synced`], and only when no gap is open: while a scan runs, the
+//! twin's resume point stays where the gap began.
+//!
+//! The receiver applies records under the conflict rule, counts conflicts
+//! and duplicates, and lets the sender acknowledge what it applied.
+
+use super::convert::{to_mutation, to_record};
+use super::framed::{FrameReader, FrameWriter, IoError};
+use super::handshake::Peer;
+use super::outbox::Outbox;
+use super::stats::TwinStats;
+use super::{blocking, Applied, ScanCursor, TwinConfig, TwinStore};
+use crate::protocol::twin::{record_wire_len, BatchWriter, Frame, Position, Record};
+use crate::version::{now_ms, Version};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// A batch is written once it holds this many bytes (or the queue is empty),
+/// so live records and scan chunks take turns on the socket.
+const BATCH_TARGET: usize = 1 << 20;
+/// Unacknowledged batches remembered for `repl_lag_ms`.
+const LAG_ENTRIES: usize = 4096;
+
+/// State of the twin module that outlives a link.
+pub struct Node {
+    pub store: Arc<dyn TwinStore>,
+    pub cfg: TwinConfig,
+    pub stats: Arc<TwinStats>,
+    /// Per origin: the highest seq applied from it (on the last link) and the
+    /// version its sender told us we hold everything up to (`Synced`).
+    pub positions: Mutex<HashMap<u16, Position>>,
+}
+
+impl Node {
+    pub fn me(&self) -> u16 {
+        self.store.hlc().node()
+    }
+
+    fn positions(&self) -> Vec<Position> {
+        let mut v: Vec<Position> = lock(&self.positions).values().copied().collect();
+        v.sort_by_key(|p| p.origin);
+        v
+    }
+
+    fn update_position(&self, origin: u16, f: impl FnOnce(&mut Position)) {
+        let mut g = lock(&self.positions);
+        f(g.entry(origin).or_insert(Position {
+            origin,
+            seq: 0,
+            version: 0,
+        }));
+    }
+}
+
+/// Why a link ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error("the twin refused the link ({reason:?}): {message}")]
+    Refused {
+        reason: crate::protocol::twin::RefuseReason,
+        message: String,
+    },
+    #[error("no frame from the twin for {0:?}: link considered dead")]
+    Dead(Duration),
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("stopped")]
+    Stopped,
+}
+
+/// What the sender and the receiver of one link share.
+struct Link {
+    peer: u16,
+    /// Highest live seq of the twin applied on this link (to acknowledge).
+    applied_seq: AtomicU64,
+    /// Wakes an idle sender when there is something to acknowledge.
+    applied: tokio::sync::Notify,
+    /// (last seq of a shipped batch, write time of its oldest record).
+    unacked: Mutex<VecDeque<(u64, u64)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// The version a scan starts above, for a twin whose resume point is `p`.
+pub fn scan_floor(p: u64, margin_ms: u64) -> u64 {
+    if p == 0 {
+        return 0;
+    }
+    Version::floor_for_millis(Version::from_raw(p).millis().saturating_sub(margin_ms)).get()
+}
+
+/// Run an authenticated link until it ends. Sends our Positions, reads the
+/// twin's (a Refuse there means the twin kept another connection).
+pub async fn run<R, W>(
+    node: &Node,
+    mut rd: FrameReader<R>,
+    mut wr: FrameWriter<W>,
+    peer: Peer,
+    outbox: &mut Outbox,
+    cancel: &CancellationToken,
+) -> Result<(), SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    wr.send(&Frame::Positions {
+        entries: node.positions(),
+    })
+    .await?;
+    let theirs = match timeout(node.cfg.handshake_timeout, rd.read()).await {
+        Err(_) => return Err(SessionError::Dead(node.cfg.handshake_timeout)),
+        Ok(Ok(Frame::Positions { entries })) => entries,
+        Ok(Ok(Frame::Refuse { reason, message })) => {
+            return Err(SessionError::Refused { reason, message })
+        }
+        Ok(Ok(_)) => return Err(SessionError::Protocol("expected positions")),
+        Ok(Err(e)) => return Err(e.into()),
+    };
+    let me = node.me();
+    let resume = theirs
+        .iter()
+        .find(|p| p.origin == me)
+        .map_or(0, |p| p.version);
+    let link = Link {
+        peer: peer.node,
+        applied_seq: AtomicU64::new(0),
+        applied: tokio::sync::Notify::new(),
+        unacked: Mutex::new(VecDeque::new()),
+    };
+    let st = &node.stats;
+    st.shipped_seq.store(0, Ordering::Relaxed);
+    st.acked_seq.store(0, Ordering::Relaxed);
+    st.oldest_unacked_ms.store(0, Ordering::Relaxed);
+    let result = tokio::select! {
+        r = receive(node, &link, &mut rd) => r,
+        r = send(node, &link, &mut wr, outbox, resume) => r,
+        _ = cancel.cancelled() => Err(SessionError::Stopped),
+    };
+    wr.shutdown().await;
+    st.oldest_unacked_ms.store(0, Ordering::Relaxed);
+    result
+}
+
+// ---------------------------------------------------------------------------
+// Receiver
+// ---------------------------------------------------------------------------
+
+async fn receive<R: AsyncRead + Unpin>(
+    node: &Node,
+    link: &Link,
+    rd: &mut FrameReader<R>,
+) -> Result<(), SessionError> {
+    let st = &node.stats;
+    let me = node.me();
+    loop {
+        let frame = match timeout(node.cfg.dead_after, rd.read()).await {
+            Err(_) => return Err(SessionError::Dead(node.cfg.dead_after)),
+            Ok(f) => f?,
+        };
+        match frame {
+            Frame::Batch { origin, records } => {
+                if origin != link.peer {
+                    return Err(SessionError::Protocol("batch from another origin"));
+                }
+                apply_batch(node, link, records);
+            }
+            Frame::Ack { origin, seq } if origin == me => {
+                st.acked_seq.fetch_max(seq, Ordering::Relaxed);
+                let mut q = lock(&link.unacked);
+                while q.front().is_some_and(|(s, _)| *s <= seq) {
+                    q.pop_front();
+                }
+                let oldest = q.front().map_or(0, |(_, t)| *t);
+                st.oldest_unacked_ms.store(oldest, Ordering::Relaxed);
+            }
+            Frame::Ack { .. } => return Err(SessionError::Protocol("ack for another origin")),
+            Frame::Ping { wall_ms } => {
+                let skew = i64::try_from(wall_ms).unwrap_or(i64::MAX)
+                    - i64::try_from(now_ms()).unwrap_or(0);
+                st.clock_skew_ms.store(skew, Ordering::Relaxed);
+            }
+            Frame::Synced { origin, version } => {
+                if origin != link.peer {
+                    return Err(SessionError::Protocol("synced for another origin"));
+                }
+                node.update_position(origin, |p| p.version = p.version.max(version));
+            }
+            Frame::Refuse { reason, message } => {
+                return Err(SessionError::Refused { reason, message })
+            }
+            Frame::Hello { .. } | Frame::Auth { .. } | Frame::Positions { .. } => {
+                return Err(SessionError::Protocol(
+                    "handshake frame on an established link",
+                ))
+            }
+        }
+    }
+}
+
+fn apply_batch(node: &Node, link: &Link, records: Vec<Record>) {
+    let st = &node.stats;
+    let bytes: usize = records.iter().map(record_wire_len).sum::<usize>() + 11;
+    st.bytes_received.fetch_add(bytes as u64, Ordering::Relaxed);
+    let mut max_seq = 0;
+    let (mut applied, mut stale, mut dup, mut nomem) = (0u64, 0u64, 0u64, 0u64);
+    let store = &node.store;
+    blocking(|| {
+        for r in records {
+            max_seq = max_seq.max(r.origin_seq);
+            match store.apply_remote(&to_mutation(r)) {
+                Applied::Applied => applied += 1,
+                Applied::Stale => stale += 1,
+                Applied::Duplicate => dup += 1,
+                Applied::NoMemory => nomem += 1,
+            }
+        }
+    });
+    st.records_applied.fetch_add(applied, Ordering::Relaxed);
+    st.conflicts.fetch_add(stale, Ordering::Relaxed);
+    st.duplicates.fetch_add(dup, Ordering::Relaxed);
+    if nomem > 0 {
+        st.apply_no_memory.fetch_add(nomem, Ordering::Relaxed);
+    }
+    if max_seq > 0 {
+        link.applied_seq.fetch_max(max_seq, Ordering::Relaxed);
+        link.applied.notify_one();
+        node.update_position(link.peer, |p| p.seq = p.seq.max(max_seq));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sender
+// ---------------------------------------------------------------------------
+
+/// A table scan in progress.
+struct Scan {
+    cursor: ScanCursor,
+    floor: u64,
+    /// Our clock when it started: once it ends, the twin holds everything of
+    /// ours up to here.
+    start: u64,
+}
+
+/// The sender's bookkeeping.
+struct Sender {
+    scan: Option<Scan>,
+    /// The twin's resume point for us, as we last set it (or it presented).
+    synced: u64,
+    /// Highest version of a live record shipped on this link.
+    live_max: u64,
+    acked_sent: u64,
+    next_ack: Instant,
+    next_ping: Instant,
+}
+
+async fn send<W: AsyncWrite + Unpin>(
+    node: &Node,
+    link: &Link,
+    wr: &mut FrameWriter<W>,
+    outbox: &mut Outbox,
+    resume: u64,
+) -> Result<(), SessionError> {
+    // The link-up scan covers whatever overflowed while the link was down.
+    outbox.gauge.take_overflowed();
+    let now = Instant::now();
+    let mut s = Sender {
+        scan: None,
+        synced: resume,
+        live_max: 0,
+        acked_sent: 0,
+        next_ack: now,
+        next_ping: now,
+    };
+    start_scan(node, &mut s, "link up");
+    loop {
+        if outbox.gauge.take_overflowed() {
+            start_scan(node, &mut s, "outgoing queue overflowed");
+        }
+        let busy = if outbox.peek().is_some() {
+            ship_live(node, link, wr, outbox, &mut s);
+            true
+        } else if s.scan.is_some() {
+            ship_scan_chunk(node, wr, &mut s);
+            true
+        } else {
+            false
+        };
+        housekeeping(node, link, wr, &mut s);
+        if !wr.buf.is_empty() {
+            let n = wr.flush().await?;
+            node.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if busy {
+            tokio::task::yield_now().await;
+        } else {
+            // Idle and nothing to acknowledge: sleep until the next ping
+            // rather than ticking every ack interval.
+            let ack_due = link.applied_seq.load(Ordering::Relaxed) > s.acked_sent
+                || (s.scan.is_none() && s.live_max > s.synced);
+            let wake = if ack_due {
+                s.next_ack.min(s.next_ping)
+            } else {
+                s.next_ping
+            };
+            tokio::select! {
+                _ = outbox.ready() => {}
+                _ = link.applied.notified(), if !ack_due => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+}
+
+fn start_scan(node: &Node, s: &mut Sender, why: &str) {
+    let floor = scan_floor(s.synced, node.cfg.resume_margin_ms);
+    tracing::debug!("twin: table scan above version {floor} ({why})");
+    node.stats.scans.fetch_add(1, Ordering::Relaxed);
+    s.scan = Some(Scan {
+        cursor: ScanCursor::default(),
+        floor,
+        start: node.store.hlc().last().get(),
+    });
+}
+
+/// Largest payload to put in one batch (the twin accepts up to max_frame).
+fn batch_limit(node: &Node) -> usize {
+    node.cfg.max_frame.min(BATCH_TARGET)
+}
+
+/// Whether `rec` fits the batch `w` (a batch always takes its first record
+/// if it fits the twin's frame limit at all).
+fn fits(node: &Node, w: &BatchWriter, rec: &Record) -> bool {
+    let after = w.bytes() + record_wire_len(rec) - 4;
+    if w.count() == 0 {
+        after <= node.cfg.max_frame
+    } else {
+        after <= batch_limit(node)
+    }
+}
+
+fn ship_live<W>(
+    node: &Node,
+    link: &Link,
+    wr: &mut FrameWriter<W>,
+    outbox: &mut Outbox,
+    s: &mut Sender,
+) {
+    let st = &node.stats;
+    let mut w = BatchWriter::begin(&mut wr.buf, node.me());
+    let (mut first_ms, mut last_seq) = (0u64, 0u64);
+    while let Some(m) = outbox.peek() {
+        if !m.is_shipped() {
+            outbox.take();
+            continue;
+        }
+        let Some(rec) = to_record(m) else {
+            outbox.take();
+            continue;
+        };
+        if !fits(node, &w, &rec) {
+            if w.count() == 0 {
+                // Larger than the twin's frame limit: it can never cross.
+                tracing::warn!(
+                    "twin: a record of {} bytes exceeds the link's frame limit and is not replicated",
+                    record_wire_len(&rec)
+                );
+                outbox.take();
+                continue;
+            }
+            break;
+        }
+        w.push(&mut wr.buf, &rec);
+        if first_ms == 0 {
+            first_ms = Version::from_raw(rec.version).millis();
+        }
+        last_seq = last_seq.max(rec.origin_seq);
+        s.live_max = s.live_max.max(rec.version);
+        outbox.take();
+    }
+    let count = w.count();
+    w.finish(&mut wr.buf);
+    if count == 0 {
+        return;
+    }
+    st.records_sent
+        .fetch_add(u64::from(count), Ordering::Relaxed);
+    st.shipped_seq.fetch_max(last_seq, Ordering::Relaxed);
+    let mut q = lock(&link.unacked);
+    if q.is_empty() {
+        st.oldest_unacked_ms.store(first_ms, Ordering::Relaxed);
+    }
+    if q.len() < LAG_ENTRIES {
+        q.push_back((last_seq, first_ms));
+    } else if let Some(back) = q.back_mut() {
+        back.0 = last_seq;
+    }
+}
+
+fn ship_scan_chunk<W>(node: &Node, wr: &mut FrameWriter<W>, s: &mut Sender) {
+    let Some(scan) = s.scan.as_mut() else {
+        return;
+    };
+    let (cursor, floor, max) = (scan.cursor, scan.floor, node.cfg.scan_chunk);
+    let store = &node.store;
+    let (chunk, next) = blocking(|| store.scan(cursor, floor, max));
+    let st = &node.stats;
+    let mut w = BatchWriter::begin(&mut wr.buf, node.me());
+    let mut sent = 0u64;
+    for m in &chunk {
+        let Some(mut rec) = to_record(m) else {
+            continue;
+        };
+        // Scan records are not part of the live sequence: no ack or lag.
+        rec.origin_seq = 0;
+        if !fits(node, &w, &rec) {
+            if w.count() == 0 {
+                continue;
+            }
+            w.finish(&mut wr.buf);
+            w = BatchWriter::begin(&mut wr.buf, node.me());
+            if !fits(node, &w, &rec) {
+                continue;
+            }
+        }
+        w.push(&mut wr.buf, &rec);
+        sent += 1;
+    }
+    w.finish(&mut wr.buf);
+    st.records_sent.fetch_add(sent, Ordering::Relaxed);
+    st.scan_records.fetch_add(sent, Ordering::Relaxed);
+    match next {
+        Some(c) => scan.cursor = c,
+        None => {
+            let done = scan.start.max(s.live_max);
+            s.scan = None;
+            s.synced = s.synced.max(done);
+            wr.push(&Frame::Synced {
+                origin: node.me(),
+                version: s.synced,
+            });
+            tracing::debug!(
+                "twin: table scan done, twin synced up to version {}",
+                s.synced
+            );
+        }
+    }
+}
+
+fn housekeeping<W>(node: &Node, link: &Link, wr: &mut FrameWriter<W>, s: &mut Sender) {
+    let now = Instant::now();
+    if now >= s.next_ack {
+        s.next_ack = now + node.cfg.ack_interval;
+        let applied = link.applied_seq.load(Ordering::Relaxed);
+        if applied > s.acked_sent {
+            s.acked_sent = applied;
+            wr.push(&Frame::Ack {
+                origin: link.peer,
+                seq: applied,
+            });
+        }
+        // No gap open: everything live shipped so far is the twin's.
+        if s.scan.is_none() && s.live_max > s.synced {
+            s.synced = s.live_max;
+            wr.push(&Frame::Synced {
+                origin: node.me(),
+                version: s.synced,
+            });
+        }
+    }
+    if now >= s.next_ping {
+        s.next_ping = now + node.cfg.ping_interval;
+        wr.push(&Frame::Ping { wall_ms: now_ms() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_floor_leaves_a_margin() {
+        assert_eq!(scan_floor(0, 2000), 0);
+        let v = Version::floor_for_millis(1_800_000_010_000).get() | 7;
+        let f = scan_floor(v, 2000);
+        assert_eq!(f, Version::floor_for_millis(1_800_000_008_000).get());
+        assert!(f < v);
+        assert_eq!(scan_floor(5, 2000), Version::floor_for_millis(0).get());
+    }
+}

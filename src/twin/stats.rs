@@ -1,0 +1,177 @@
+//! Counters of the twin link, for `stats replication` and the `repl_` fields
+//! of plain `stats`. Atomics only: the link updates them, the stats command
+//! reads them, neither waits for the other.
+
+use crate::mutation::QueueGauge;
+use crate::version::now_ms;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// State of the link, as `repl_link` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LinkState {
+    Connecting = 0,
+    Up = 1,
+    Down = 2,
+    Refused = 3,
+}
+
+impl LinkState {
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Up => "up",
+            LinkState::Down => "down",
+            LinkState::Refused => "refused",
+        }
+    }
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => LinkState::Up,
+            2 => LinkState::Down,
+            3 => LinkState::Refused,
+            _ => LinkState::Connecting,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct TwinStats {
+    pub peer: String,
+    pub node_id: u16,
+    state: AtomicU8,
+    pub peer_node_id: AtomicU32,
+    pub records_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub records_applied: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub apply_no_memory: AtomicU64,
+    /// Highest local seq shipped on the current link.
+    pub shipped_seq: AtomicU64,
+    /// Highest seq the twin acknowledged on the current link.
+    pub acked_seq: AtomicU64,
+    /// Write time (Unix ms) of the oldest shipped, unacknowledged record; 0 = none.
+    pub oldest_unacked_ms: AtomicU64,
+    pub scans: AtomicU64,
+    pub scan_records: AtomicU64,
+    pub link_ups: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub clock_skew_ms: AtomicI64,
+    gauge: OnceLock<Arc<QueueGauge>>,
+}
+
+impl TwinStats {
+    pub fn new(peer: String, node_id: u16) -> Self {
+        TwinStats {
+            peer,
+            node_id,
+            ..Default::default()
+        }
+    }
+
+    pub fn state(&self) -> LinkState {
+        LinkState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Set the state; returns the previous one (callers log on a change).
+    pub fn set_state(&self, s: LinkState) -> LinkState {
+        LinkState::from_u8(self.state.swap(s as u8, Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_gauge(&self, g: Arc<QueueGauge>) {
+        let _ = self.gauge.set(g);
+    }
+
+    fn lag_records(&self) -> u64 {
+        self.shipped_seq
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.acked_seq.load(Ordering::Relaxed))
+    }
+
+    fn lag_ms(&self) -> u64 {
+        match self.oldest_unacked_ms.load(Ordering::Relaxed) {
+            0 => 0,
+            t => now_ms().saturating_sub(t),
+        }
+    }
+
+    /// The fields, named with their `repl_` prefix (plain `stats`); strip it
+    /// for `stats replication`.
+    pub fn report(&self) -> Vec<(&'static str, String)> {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+        let (queue, overflows) = self
+            .gauge
+            .get()
+            .map_or((0, 0), |g| (g.queued_bytes() as u64, g.overflows()));
+        vec![
+            ("repl_link", self.state().name().to_string()),
+            ("repl_peer", self.peer.clone()),
+            ("repl_node_id", self.node_id.to_string()),
+            (
+                "repl_peer_node_id",
+                self.peer_node_id.load(Ordering::Relaxed).to_string(),
+            ),
+            ("repl_records_sent", n(&self.records_sent)),
+            ("repl_bytes_sent", n(&self.bytes_sent)),
+            ("repl_records_applied", n(&self.records_applied)),
+            ("repl_bytes_received", n(&self.bytes_received)),
+            ("repl_conflicts", n(&self.conflicts)),
+            ("repl_duplicates", n(&self.duplicates)),
+            ("repl_apply_no_memory", n(&self.apply_no_memory)),
+            ("repl_lag_records", self.lag_records().to_string()),
+            ("repl_lag_ms", self.lag_ms().to_string()),
+            ("repl_queue_bytes", queue.to_string()),
+            ("repl_queue_overflows", overflows.to_string()),
+            ("repl_scans", n(&self.scans)),
+            ("repl_scan_records", n(&self.scan_records)),
+            (
+                "repl_reconnects",
+                self.link_ups
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(1)
+                    .to_string(),
+            ),
+            ("repl_auth_failures", n(&self.auth_failures)),
+            (
+                "repl_clock_skew_ms",
+                self.clock_skew_ms.load(Ordering::Relaxed).to_string(),
+            ),
+        ]
+    }
+
+    /// `stats replication`: the same fields without the prefix.
+    pub fn report_group(&self) -> Vec<(&'static str, String)> {
+        self.report()
+            .into_iter()
+            .map(|(k, v)| (k.strip_prefix("repl_").unwrap_or(k), v))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_prefixes() {
+        let s = TwinStats::new("b:12211".into(), 7);
+        s.set_state(LinkState::Up);
+        s.shipped_seq.store(10, Ordering::Relaxed);
+        s.acked_seq.store(4, Ordering::Relaxed);
+        s.link_ups.store(3, Ordering::Relaxed);
+        let r = s.report();
+        assert!(r.iter().all(|(k, _)| k.starts_with("repl_")));
+        let get = |k: &str| r.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("repl_link").as_deref(), Some("up"));
+        assert_eq!(get("repl_peer").as_deref(), Some("b:12211"));
+        assert_eq!(get("repl_lag_records").as_deref(), Some("6"));
+        assert_eq!(get("repl_lag_ms").as_deref(), Some("0"));
+        assert_eq!(get("repl_reconnects").as_deref(), Some("2"));
+        let g = s.report_group();
+        assert_eq!(g[0], ("link", "up".to_string()));
+        assert_eq!(g.len(), r.len());
+    }
+}
