@@ -143,7 +143,6 @@ def test_delete_leaves_counted_tombstones(make_pair, key):
     assert int(c["curr_items"]) == 0, "tombstones must not count in curr_items"
 
 
-@pytest.mark.xfail(strict=False, reason=CATCHUP_REASON)
 def test_late_older_set_loses_against_delete_across_a_cut(make_pair, key):
     """The same race over a real outage: cut the link, set on B, delete on A 50 ms
     later, heal."""

@@ -295,7 +295,6 @@ def test_cut_link_goes_down_and_comes_back(make_pair, key):
     converged(p.b, p.a, key("back"))
 
 
-@pytest.mark.xfail(strict=False, reason=CATCHUP_REASON)
 def test_writes_during_cut_arrive_after_heal(make_pair, key):
     p = make_pair(proxy=True)
     p.link.cut()

@@ -1,11 +1,12 @@
 //! The real store behind [`TwinStore`]: the engine owns the store and the
 //! clock (`now`, in seconds) that expiry and delayed flushes are judged by,
 //! which `apply_remote` and `scan` need. The twin's subscription is the
-//! byte-capped, lossy kind: the publisher never waits for the link.
+//! byte-capped, lossy, local-only kind: the publisher never waits for the
+//! link, and records applied from the twin are not even built for it.
 
 use super::{Applied, ScanCursor, TwinStore};
 use crate::engine::Engine;
-use crate::mutation::{FlushSpec, Mutation, Op, SubscribeOptions, Subscription};
+use crate::mutation::{Mutation, SubscribeOptions, Subscription};
 use crate::version::Hlc;
 use std::sync::Arc;
 
@@ -19,32 +20,15 @@ impl TwinStore for Engine {
             1,
             SubscribeOptions {
                 byte_cap: Some(byte_cap.max(1)),
+                // Records applied from the twin are never shipped back.
+                local_only: true,
                 ..Default::default()
             },
         )
     }
 
     fn apply_remote(&self, m: &Mutation) -> Applied {
-        match m.flush {
-            // Records carry the flush *state* (what `Store` publishes and
-            // scans), but `Store::apply_remote` installs its `(at, ceiling)`
-            // as a flush command and ignores `hidden`. An immediate flush
-            // lives in `hidden` only: hand it over as the command that
-            // produced it. (A delayed flush pending over an older hidden one
-            // still loses the older part; see the report to the store.)
-            Some(spec) if m.op == Op::Flush && spec.at == 0 => {
-                let cmd = Mutation {
-                    flush: Some(FlushSpec {
-                        at: 0,
-                        ceiling: spec.hidden,
-                        ..spec
-                    }),
-                    ..m.clone()
-                };
-                self.store().apply_remote(&cmd, self.now())
-            }
-            _ => self.store().apply_remote(m, self.now()),
-        }
+        self.store().apply_remote(m, self.now())
     }
 
     fn scan(
