@@ -161,3 +161,73 @@ def test_late_older_set_loses_against_delete_across_a_cut(make_pair, key):
     absent_on(p.b, k, timeout=10)
     time.sleep(0.5)
     assert p.a.connect().mg(k) is None and p.b.connect().mg(k) is None
+
+
+def test_mixed_sets_deletes_and_touches_converge_to_identical_digests(make_pair):
+    """Sets, deletes and touches (`mg T`) on the same keys from both nodes at
+    once: afterwards both nodes hold the same digest of every key (value,
+    flags, CAS, TTL within the second the two reads straddle; or a miss on
+    both)."""
+    p = make_pair()
+    keys = [b"mix:%03d" % i for i in range(40)]
+    errors = []
+
+    def worker(node, tid):
+        rnd = random.Random(1000 + tid)
+        c = node.connect(timeout=5)
+        try:
+            t_end = time.monotonic() + 30
+            for i in range(600):
+                if time.monotonic() > t_end:
+                    break
+                k = rnd.choice(keys)
+                r = rnd.random()
+                if r < 0.6:
+                    v = b"%s-%d-%d" % (node.name.encode(), tid, i)
+                    parts, _ = c.meta(b"ms %s %d F%d T%d" % (k, len(v), tid, rnd.choice((0, 300, 900))), v)
+                    ok = parts[0] == b"HD"
+                elif r < 0.8:
+                    parts, _ = c.meta(b"md %s" % k)
+                    ok = parts[0] in (b"HD", b"NF")
+                else:
+                    parts, _ = c.meta(b"mg %s T%d" % (k, rnd.choice((60, 600))))
+                    ok = parts[0] in (b"HD", b"EN")
+                if not ok:
+                    errors.append(parts)
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+        finally:
+            c.close()
+
+    ts = [threading.Thread(target=worker, args=(n, ti * 10 + j))
+          for ti, n in enumerate((p.a, p.b)) for j in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not any(t.is_alive() for t in ts), "worker threads hung"
+    assert not errors, errors[:5]
+    ca, cb = p.a.connect(), p.b.connect()
+    diff = {}
+
+    def same(ia, ib):
+        if ia is None or ib is None:
+            return ia is None and ib is None
+        if (ia["value"], ia["flags"], ia["cas"]) != (ib["value"], ib["flags"], ib["cas"]):
+            return False
+        return ia["ttl"] == ib["ttl"] or (ia["ttl"] >= 0 and abs(ia["ttl"] - ib["ttl"]) <= 1)
+
+    def settled():
+        diff.clear()
+        for k in keys:
+            ia, ib = ca.mg(k), cb.mg(k)
+            if not same(ia, ib):
+                diff[k] = (ia, ib)
+        return not diff
+    assert wait_until(settled, timeout=15, step=0.2), \
+        "twins differ on %d keys, e.g. %r" % (len(diff), list(diff.items())[:2])
+    missing = sum(1 for k in keys if ca.mg(k) is None)
+    assert 0 < missing < len(keys), "the mix should end with some keys deleted: %d" % missing
+    # A key whose winner is a delete is a tombstone on both nodes.
+    assert wait_until(lambda: p.a.stat_int("tombstones") == p.b.stat_int("tombstones"),
+                      timeout=5), (p.a.stat_int("tombstones"), p.b.stat_int("tombstones"))
