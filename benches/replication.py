@@ -51,8 +51,18 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
+PIN = {"on": False}
+
+
+def pin(pid, cpu):
+    """All threads of `pid` onto one CPU (`--pin`)."""
+    subprocess.run(["taskset", "-a", "-cp", str(cpu), str(pid)], check=True, capture_output=True)
+
+
 def loadgen(bin_, node, args, watch=(), timeout=600):
     cmd = [bin_, "--addr", node.addr, "--threads", "1"] + list(args)
+    if PIN["on"]:
+        cmd = ["taskset", "-c", "1"] + cmd
     for pid in watch:
         cmd += ["--watch-pid", str(pid)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -86,6 +96,13 @@ class Setup:
             self.pair.start(timeout=15)
         else:
             self.a.start()
+        if PIN["on"]:
+            # The node measured gets CPU 0 to itself; its twin shares CPU 1
+            # with the load generator, so the ratio is what replication costs
+            # the node, not what the twin's apply takes from the generator.
+            pin(self.a.pid, 0)
+            if self.pair:
+                pin(self.pair.b.pid, 1)
         return self
 
     def __exit__(self, *exc):
@@ -146,10 +163,12 @@ def pct(xs, q):
 
 
 def probe_lag(s, seconds, stop):
-    """Write probes on A, poll B; returns (lags_ms, lost, repl_lag_ms samples)."""
+    """Write probes on A, poll B; returns (lags_ms, lost, repl_lag_ms samples,
+    (seconds since start, lag_ms) per probe for the curve)."""
     ca, cb = s.a.connect(timeout=5), s.b.connect(timeout=5)
-    lags, lost, stat_lag = [], 0, []
-    end = time.monotonic() + seconds
+    lags, lost, stat_lag, timeline = [], 0, [], []
+    start = time.monotonic()
+    end = start + seconds
     i = 0
     try:
         for _ in range(int(seconds / 0.02) + 10):
@@ -171,6 +190,7 @@ def probe_lag(s, seconds, stop):
                 lost += 1
             else:
                 lags.append((got - t0) * 1000)
+                timeline.append((t0 - start, lags[-1]))
             if i % 10 == 0 and s.pair:
                 v = s.a.stat_int("lag_ms")
                 if v is not None:
@@ -179,7 +199,17 @@ def probe_lag(s, seconds, stop):
     finally:
         ca.close()
         cb.close()
-    return lags, lost, stat_lag
+    return lags, lost, stat_lag, timeline
+
+
+def curve(timeline, seconds, step=10):
+    """p50/p99 of the probes in each `step`-second window: does lag grow?"""
+    rows = []
+    for w in range(0, int(seconds) + 1, step):
+        xs = [lag for t, lag in timeline if w <= t < w + step]
+        if xs:
+            rows.append((w, w + step, len(xs), pct(xs, 0.5), pct(xs, 0.99)))
+    return rows
 
 
 def lag(o, max_write_rate):
@@ -202,12 +232,13 @@ def lag(o, max_write_rate):
             t = threading.Thread(target=run)
             t.start()
             time.sleep(0.5)
-            lags, lost, stat_lag = probe_lag(s, o.lag_seconds - 1, stop)
+            lags, lost, stat_lag, timeline = probe_lag(s, o.lag_seconds - 1, stop)
             t.join(o.lag_seconds + 120)
             lg = result.get("lg", {})
             out[label] = {"rate": lg.get("ops_per_sec"), "probes": len(lags), "lost": lost,
                           "p50_ms": pct(lags, 0.5), "p99_ms": pct(lags, 0.99), "max_ms": pct(lags, 1.0),
-                          "repl_lag_ms_p50": pct(stat_lag, 0.5), "repl_lag_ms_max": pct(stat_lag, 1.0)}
+                          "repl_lag_ms_p50": pct(stat_lag, 0.5), "repl_lag_ms_max": pct(stat_lag, 1.0),
+                          "curve": curve(timeline, o.lag_seconds, 10 if o.lag_seconds >= 30 else 2)}
             log("lag at %s rate (%s ops/s): p50 %s ms p99 %s ms, %d probes, %d lost" % (
                 label, lg.get("ops_per_sec"), out[label]["p50_ms"], out[label]["p99_ms"], len(lags), lost))
     return out
@@ -249,8 +280,9 @@ def fmt(x, d=2):
 
 
 def markdown(tp, lg, lb, o):
-    lines = ["## Twin replication cost (%s, %d rep(s), throughput runs %d s, lag phases %d s)"
+    lines = ["## Twin replication cost (%s, %s, %d rep(s), throughput runs %d s, lag phases %d s)"
              % ("dry run: both nodes are one standalone server" if o.dry_run else "memtwin pair",
+                "pinned: A on CPU 0, B and the generator on CPU 1" if o.pin else "unpinned",
                 o.reps, o.tp_seconds, o.lag_seconds), "",
              "| workload | single ops/s | twinned ops/s | **twin/single ops** | twin/single p99 |",
              "|---|---|---|---|---|"]
@@ -263,6 +295,16 @@ def markdown(tp, lg, lb, o):
         lines.append("| %s rate | %s | %d (%d) | %s | **%s** | %s | %s / %s |" % (
             label, fmt(r["rate"], 0), r["probes"], r["lost"], fmt(r["p50_ms"]), fmt(r["p99_ms"]),
             fmt(r["max_ms"]), fmt(r["repl_lag_ms_p50"], 0), fmt(r["repl_lag_ms_max"], 0)))
+    lines += ["", "Lag over time (probe p50 / p99 ms per window; flat = the twin keeps up):", "",
+              "| window s | " + " | ".join("%s rate" % label for label in lg) + " |",
+              "|---|" + "---|" * len(lg)]
+    windows = sorted({(r[0], r[1]) for v in lg.values() for r in v.get("curve", [])})
+    for w0, w1 in windows:
+        cells = []
+        for v in lg.values():
+            row = [r for r in v.get("curve", []) if (r[0], r[1]) == (w0, w1)]
+            cells.append("%s / %s" % (fmt(row[0][3]), fmt(row[0][4])) if row else "-")
+        lines.append("| %d-%d | %s |" % (w0, w1, " | ".join(cells)))
     if lb:
         lines += ["", "| write size | link bytes per write | overhead per write | settled |", "|---|---|---|---|"]
         for size, r in lb.items():
@@ -279,10 +321,13 @@ def main():
     ap.add_argument("--bin", default=os.environ.get("MEMTWIN_BIN", os.path.join(ROOT, "target/release/memtwin")))
     ap.add_argument("--loadgen", default=os.path.join(ROOT, "target/release/memtwin-loadgen"))
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench-replication"))
+    ap.add_argument("--pin", action="store_true",
+                    help="node A on CPU 0, its twin and the load generator on CPU 1 (default: unpinned)")
     ap.add_argument("--dry-run", action="store_true",
                     help="no twin: 'pair' = one standalone node (tests this script's plumbing)")
     o = ap.parse_args()
     o.lag_seconds = int(o.duration or (10 if o.quick else 60))
+    PIN["on"] = o.pin
     o.tp_seconds = 3 if o.quick else 8
     o.reps = o.reps or (1 if o.quick else 3)
     o.bin = os.path.abspath(o.bin)
