@@ -40,7 +40,7 @@ def spytest_classpath():
 
 
 def run_spytest(classpath, server, mode, *extra):
-    argv = [shutil.which("java"), "-Xmx256m", "-cp", classpath, "SpyTest", str(server.port), mode]
+    argv = [shutil.which("java"), "-Xmx256m", "-cp", classpath, "SpyTest", "%s:%d" % (server.host, server.port), mode]
     argv += list(extra)
     r = subprocess.run(argv, capture_output=True, timeout=150, stdin=subprocess.DEVNULL)
     out = r.stdout.decode(errors="replace")

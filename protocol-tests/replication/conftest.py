@@ -156,9 +156,30 @@ def workdir(request, logroot):
             shutil.rmtree(p, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+class Swapped:
+    """A pair seen from the other side: `a` is node B, `b` is node A, so every
+    test written as "write on a, read on b" also runs from B to A."""
+
+    def __init__(self, pair):
+        self._pair = pair
+
+    @property
+    def a(self):
+        return self._pair.b
+
+    @property
+    def b(self):
+        return self._pair.a
+
+    def __getattr__(self, name):
+        return getattr(self._pair, name)
+
+
+@pytest.fixture(scope="module", params=["a-to-b", "b-to-a"])
 def pair(request, server_bin, logroot):
-    d = os.path.join(logroot, _slug(request.module.__name__) + "-shared")
+    """Each module's shared pair, once per direction: the writes of every test
+    go to A then to B (issue 11: every command on either node)."""
+    d = os.path.join(logroot, _slug(request.module.__name__) + "-shared-" + request.param)
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     p = DryPair(server_bin, d) if DRYRUN else TwinPair(server_bin, d, d)
@@ -167,7 +188,7 @@ def pair(request, server_bin, logroot):
     except Exception:
         p.stop()
         raise
-    yield p
+    yield p if request.param == "a-to-b" else Swapped(p)
     p.stop()
 
 

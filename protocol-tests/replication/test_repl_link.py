@@ -49,8 +49,10 @@ def assert_no_data_frames(frames):
 def test_link_up_with_peer_node_ids(pair):
     assert pair.a.stat("link") == twinlib.LINK_UP
     assert pair.b.stat("link") == twinlib.LINK_UP
-    assert pair.a.stat_int("peer_node_id") == 2
-    assert pair.b.stat_int("peer_node_id") == 1
+    # Each node reports the other's id (the pair may be seen from either side).
+    assert pair.a.stat_int("peer_node_id") == pair.b.node_id
+    assert pair.b.stat_int("peer_node_id") == pair.a.node_id
+    assert {pair.a.node_id, pair.b.node_id} == {1, 2}
 
 
 def test_stats_fields_present_in_stats_and_stats_replication(pair):

@@ -6,7 +6,7 @@
 //
 // Prints "PASS name" / "FAIL name: detail" per check and a final
 // "SPYTEST passed=N failed=M"; exit code 0 only when every check passed.
-// Only talks to 127.0.0.1; every wait is bounded (op timeout 3 s, watchdog 90 s).
+// Only talks to loopback (127.0.0.1, or the 127.0.0.x given as HOST:PORT); every wait is bounded (op timeout 3 s, watchdog 90 s).
 
 import java.net.InetSocketAddress;
 import java.net.SocketAddress;
@@ -89,7 +89,19 @@ public class SpyTest {
         watchdog.setDaemon(true);
         watchdog.start();
 
-        int port = Integer.parseInt(args[0]);
+        // PORT, or HOST:PORT (a twin pair runs on 127.0.0.2, 127.0.0.3...).
+        String host = "127.0.0.1";
+        String portArg = args[0];
+        int colon = portArg.lastIndexOf(':');
+        if (colon > 0) {
+            host = portArg.substring(0, colon);
+            portArg = portArg.substring(colon + 1);
+        }
+        if (!host.startsWith("127.")) {
+            System.err.println("SpyTest only talks to loopback, not " + host);
+            System.exit(2);
+        }
+        int port = Integer.parseInt(portArg);
         boolean binary = args[1].equals("binary");
         ConnectionFactoryBuilder b = new ConnectionFactoryBuilder()
                 .setProtocol(binary ? ConnectionFactoryBuilder.Protocol.BINARY
@@ -102,7 +114,7 @@ public class SpyTest {
                     new PlainCallbackHandler(args[2], args[3])));
         }
         List<InetSocketAddress> addrs = new ArrayList<>();
-        addrs.add(new InetSocketAddress("127.0.0.1", port));
+        addrs.add(new InetSocketAddress(host, port));
         final MemcachedClient c = new MemcachedClient(b.build(), addrs);
         try {
             if (args.length >= 5 && args[4].equals("badauth")) {
