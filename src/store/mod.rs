@@ -1317,6 +1317,12 @@ impl Store {
             });
             (Edit::Put(item), Applied::Applied)
         });
+        self.applied(res, displaced, now)
+    }
+
+    /// After a twin's record went through the table: bookkeeping for what it
+    /// displaced, and eviction when it added memory.
+    fn applied(&self, res: Applied, displaced: Option<Item>, now: u32) -> Applied {
         if let Some(old) = displaced {
             self.gone(&old);
         }
@@ -1331,38 +1337,29 @@ impl Store {
             if let Some(verdict) = self.judge(key, cur, version) {
                 return (Edit::Keep, verdict);
             }
-            if !self.cfg.tombstones {
-                self.removed(key, Op::Delete, version, true);
-                return match cur {
-                    Some(it) => {
-                        self.uncharge(it);
-                        (Edit::Remove, Applied::Applied)
-                    }
-                    None => (Edit::Keep, Applied::Applied),
-                };
-            }
-            let (t, _) = self.entomb(key, Op::Delete, version, true, now);
-            let old = cur.map_or(0, charge_of);
-            if self.reserve(charge_of(&t), old).is_err() {
-                // No room even for a tombstone: the key is still deleted.
+            if self.cfg.tombstones {
+                let (t, _) = self.entomb(key, Op::Delete, version, true, now);
+                if self
+                    .reserve(charge_of(&t), cur.map_or(0, charge_of))
+                    .is_ok()
+                {
+                    return (Edit::Put(t), Applied::Applied);
+                }
+                // No room even for a tombstone (the disk still gets it): the
+                // key is deleted all the same.
                 self.gone(&t);
-                return match cur {
-                    Some(it) => {
-                        self.uncharge(it);
-                        (Edit::Remove, Applied::Applied)
-                    }
-                    None => (Edit::Keep, Applied::Applied),
-                };
+            } else {
+                self.removed(key, Op::Delete, version, true);
             }
-            (Edit::Put(t), Applied::Applied)
+            match cur {
+                Some(it) => {
+                    self.uncharge(it);
+                    (Edit::Remove, Applied::Applied)
+                }
+                None => (Edit::Keep, Applied::Applied),
+            }
         });
-        if let Some(old) = displaced {
-            self.gone(&old);
-        }
-        if res == Applied::Applied {
-            self.evict_if_needed(now);
-        }
-        res
+        self.applied(res, displaced, now)
     }
 
     fn apply_remote_flush(&self, spec: FlushSpec, version: u64, now: u32) -> Applied {
