@@ -20,7 +20,7 @@ fn socket_activation_and_notify() {
     let notify_path = dir.path().join("notify");
     let notify = UnixDatagram::bind(&notify_path).expect("bind notify");
     notify
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
 
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -32,7 +32,7 @@ fn socket_activation_and_notify() {
         .arg(bin())
         .env("NOTIFY_SOCKET", &notify_path)
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(dir.path().join("log")).expect("log"));
     // SAFETY: dup2 is async-signal-safe; runs in the child between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -46,7 +46,17 @@ fn socket_activation_and_notify() {
     drop(listener);
 
     let mut buf = [0u8; 256];
-    let n = notify.recv(&mut buf).expect("READY notification");
+    // Generous: a loaded CI machine can take seconds to schedule a start-up.
+    let n = match notify.recv(&mut buf) {
+        Ok(n) => n,
+        Err(e) => {
+            let exited = child.try_wait().ok().flatten();
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+            panic!("no READY notification ({e}); exited: {exited:?}; log:\n{log}");
+        }
+    };
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(msg.contains("READY=1"), "got {msg:?}");
 
