@@ -168,6 +168,11 @@ pub struct Cli {
     /// Byte cap of the queue of records waiting for the twin (default 64).
     #[arg(long = "replication-queue-mb", value_name = "MB")]
     pub replication_queue_mb: Option<u64>,
+    /// At start, answer clients with errors until caught up with the twin; if
+    /// the twin is unreachable this long, serve alone (default 30, 0 = at
+    /// once, "forever" = never serve without the twin).
+    #[arg(long = "peer-wait", value_name = "SECS|forever")]
+    pub peer_wait: Option<String>,
 }
 
 /// The TOML file: the same settings under their long names.
@@ -205,6 +210,15 @@ pub struct FileConfig {
     pub max_clock_skew: Option<u64>,
     pub tombstone_ttl: Option<u64>,
     pub replication_queue_mb: Option<u64>,
+    pub peer_wait: Option<PeerWaitValue>,
+}
+
+/// `peer-wait` in the TOML file: seconds, or the word "forever".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PeerWaitValue {
+    Secs(u64),
+    Word(String),
 }
 
 /// Defaults of the replication flags (docs/replication.md §8).
@@ -223,6 +237,7 @@ pub struct ReplicationSettings {
     pub secret: Secret,
     pub max_clock_skew: Duration,
     pub queue_bytes: usize,
+    pub peer_wait: crate::twin::PeerWait,
 }
 
 /// Resolved settings the daemon runs with.
@@ -316,6 +331,8 @@ pub enum ConfigError {
     SecretShort { path: PathBuf, len: usize },
     #[error("--replication-listen {addr:?}: {why}")]
     ReplicationListen { addr: String, why: String },
+    #[error("--peer-wait {0:?}: give seconds (0 = serve at once) or \"forever\"")]
+    PeerWait(String),
     #[error("{0} need --peer (replication is off without it)")]
     ReplicationWithoutPeer(&'static str),
 }
@@ -455,6 +472,7 @@ impl Settings {
                 secret: cli.replication_secret.or(file.replication_secret),
                 max_clock_skew: cli.max_clock_skew.or(file.max_clock_skew),
                 queue_mb: cli.replication_queue_mb.or(file.replication_queue_mb),
+                peer_wait: cli.peer_wait.map(PeerWaitValue::Word).or(file.peer_wait),
             },
             &listen,
             port,
@@ -506,6 +524,7 @@ struct ReplicationInput {
     secret: Option<PathBuf>,
     max_clock_skew: Option<u64>,
     queue_mb: Option<u64>,
+    peer_wait: Option<PeerWaitValue>,
 }
 
 fn resolve_replication(
@@ -519,6 +538,9 @@ fn resolve_replication(
         }
         if input.secret.is_some() {
             return Err(ConfigError::ReplicationWithoutPeer("--replication-secret"));
+        }
+        if input.peer_wait.is_some() {
+            return Err(ConfigError::ReplicationWithoutPeer("--peer-wait"));
         }
         return Ok(None);
     };
@@ -554,13 +576,33 @@ fn resolve_replication(
     if skew == 0 {
         return Err(ConfigError::Zero("--max-clock-skew"));
     }
+    let peer_wait = match input.peer_wait {
+        None => crate::twin::PeerWait::For(crate::twin::config::DEFAULT_PEER_WAIT),
+        Some(v) => parse_peer_wait(&v)?,
+    };
     Ok(Some(ReplicationSettings {
         peer,
         listen,
         secret,
         max_clock_skew: Duration::from_secs(skew),
         queue_bytes: usize::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+        peer_wait,
     }))
+}
+
+/// `--peer-wait`: seconds, or "forever" (also "infinity").
+fn parse_peer_wait(v: &PeerWaitValue) -> Result<crate::twin::PeerWait, ConfigError> {
+    use crate::twin::PeerWait;
+    let word = match v {
+        PeerWaitValue::Secs(s) => return Ok(PeerWait::For(Duration::from_secs(*s))),
+        PeerWaitValue::Word(w) => w.trim(),
+    };
+    if word.eq_ignore_ascii_case("forever") || word.eq_ignore_ascii_case("infinity") {
+        return Ok(PeerWait::Forever);
+    }
+    word.parse::<u64>()
+        .map(|s| PeerWait::For(Duration::from_secs(s)))
+        .map_err(|_| ConfigError::PeerWait(word.to_string()))
 }
 
 /// The secret file's bytes, trailing newline trimmed; at least 16 bytes.
@@ -803,6 +845,45 @@ mod tests {
         assert_eq!(r.listen, "0.0.0.0:7000".parse().expect("addr"));
         assert_eq!(r.max_clock_skew, Duration::from_secs(2));
         assert_eq!(r.queue_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn peer_wait_flag_and_file_key() {
+        use crate::twin::PeerWait;
+        let dir = tempfile::tempdir().expect("tmp");
+        let secret = secret_file(dir.path(), b"0123456789abcdef0123\n");
+        let with = |extra: &[&str]| {
+            let mut v = vec!["--peer", "b:12211", "--replication-secret", &secret];
+            v.extend_from_slice(extra);
+            settings(&v).replication.expect("on").peer_wait
+        };
+        assert_eq!(with(&[]), PeerWait::For(Duration::from_secs(30)));
+        assert_eq!(with(&["--peer-wait", "0"]), PeerWait::For(Duration::ZERO));
+        assert_eq!(with(&["--peer-wait", "forever"]), PeerWait::Forever);
+        let path = dir.path().join("memtwin.toml");
+        for (toml, want) in [
+            ("peer-wait = 7\n", PeerWait::For(Duration::from_secs(7))),
+            ("peer-wait = \"forever\"\n", PeerWait::Forever),
+        ] {
+            std::fs::write(&path, toml).expect("write");
+            assert_eq!(with(&["--config", path.to_str().expect("utf8")]), want);
+        }
+        let e = Settings::from_args(vec![
+            "memtwin",
+            "--peer",
+            "b:1",
+            "--replication-secret",
+            &secret,
+            "--peer-wait",
+            "soon",
+        ])
+        .expect_err("refused")
+        .to_string();
+        assert!(e.contains("forever"), "{e}");
+        let e = Settings::from_args(vec!["memtwin", "--peer-wait", "3"])
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("need --peer"), "{e}");
     }
 
     #[test]

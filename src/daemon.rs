@@ -201,6 +201,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     ));
     let mut shared = Shared::new(engine.clone(), settings.clone());
     shared.auth = crate::auth::Auth::load(&settings)?;
+    if let Some(r) = &settings.replication {
+        // Gated from the first connection: a client must never read a miss
+        // for a session the twin holds.
+        shared.readiness = Arc::new(match r.peer_wait {
+            crate::twin::PeerWait::For(d) if d.is_zero() => crate::twin::Readiness::alone(),
+            _ => crate::twin::Readiness::gated(),
+        });
+    }
     let shared = Arc::new(shared);
     // Before the listeners exist: a client (or systemd) can see the port and
     // signal us right away, and SIGTERM's default action would be an unclean exit.
@@ -243,7 +251,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let twin = match &settings.replication {
         Some(r) => {
             let history = persist.as_ref().map_or(0, |p| p.state().history_id());
-            let t = start_twin(r, &settings, &engine, history).await?;
+            let t = start_twin(r, &settings, &engine, history, shared.readiness.clone()).await?;
             tracing::info!(
                 "twin replication: node id {node_id} ({}), listening on {}, peer {}",
                 node_id_source.describe(),
@@ -259,9 +267,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::info!("memtwin {} listening on {}", crate::VERSION, l.describe());
     }
     let notifier = crate::systemd::Notifier::from_env();
-    notifier.notify(&format!(
-        "READY=1\nSTATUS=serving {} listener(s)",
-        listeners.iter().count()
+    tokio::spawn(announce_ready(
+        notifier.clone(),
+        shared.clone(),
+        listeners.iter().count(),
     ));
     server::serve(listeners, shared.clone())
         .await
@@ -319,15 +328,55 @@ fn start_persistence(
     Ok(p.start(engine.store(), clock)?)
 }
 
+/// `READY=1` once clients are answered: at once, or, with a twin, after the
+/// catch-up (clients get errors meanwhile, and systemd sees progress).
+async fn announce_ready(notifier: crate::systemd::Notifier, shared: Arc<Shared>, listeners: usize) {
+    let readiness = shared.readiness.clone();
+    if !readiness.serving() {
+        let peer = shared
+            .settings
+            .replication
+            .as_ref()
+            .map_or("", |r| r.peer.as_str());
+        tracing::info!(
+            "catching up with the twin {peer} before serving: clients get errors until then"
+        );
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            let applied = shared.twin.get().map_or(0, |t| {
+                t.records_applied.load(std::sync::atomic::Ordering::Relaxed)
+            });
+            notifier.notify(&format!(
+                "EXTEND_TIMEOUT_USEC=30000000\nSTATUS=catching up with the twin {peer}: {applied} records applied"
+            ));
+            tokio::select! {
+                _ = readiness.wait_serving() => break,
+                _ = tick.tick() => {}
+            }
+        }
+    }
+    notifier.notify(&format!(
+        "READY=1\nSTATUS=serving {listeners} listener(s) ({})",
+        match readiness.state() {
+            crate::twin::Serving::Alone => "alone: the twin is unreachable",
+            _ if shared.settings.replication.is_some() => "caught up with the twin",
+            _ => "standalone",
+        }
+    ));
+}
+
 /// Bind the replication listener and start the link.
 async fn start_twin(
     r: &crate::config::ReplicationSettings,
     settings: &Settings,
     engine: &Arc<Engine>,
     history_id: u128,
+    readiness: Arc<crate::twin::Readiness>,
 ) -> anyhow::Result<crate::twin::Twin> {
     use crate::twin::{Twin, TwinConfig};
     let mut cfg = TwinConfig::new(r.listen, r.peer.clone(), r.secret.clone());
+    cfg.readiness = readiness;
+    cfg.peer_wait = r.peer_wait;
     cfg.history_id = history_id;
     cfg.max_clock_skew = r.max_clock_skew;
     cfg.queue_bytes = r.queue_bytes;

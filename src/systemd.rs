@@ -66,6 +66,7 @@ pub fn tcp_listener(fd: &InheritedFd) -> std::io::Result<std::net::TcpListener> 
 }
 
 /// The notify socket, if systemd gave us one.
+#[derive(Debug, Clone)]
 pub struct Notifier {
     path: Option<PathBuf>,
 }

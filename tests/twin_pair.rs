@@ -32,9 +32,29 @@ fn args(me: &Node, peer: &Node, id: &str, secret: &str) -> Vec<String> {
     ]
 }
 
-fn start(me: &Node, dir: &Path, a: &[String]) -> Daemon {
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    Daemon::start(me.port, dir, &a)
+/// Start both nodes: each is gated until the other is up and it has caught
+/// up, so wait for both to listen first, then for both to serve.
+fn start_pair(
+    na: &Node,
+    nb: &Node,
+    dir: &Path,
+    sa: &str,
+    sb: &str,
+    extra: &[&str],
+) -> (Daemon, Daemon) {
+    let with = |me: &Node, peer: &Node, id: &str, s: &str| {
+        let mut v = args(me, peer, id, s);
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let (aa, ab) = (with(na, nb, "1", sa), with(nb, na, "2", sb));
+    let aa: Vec<&str> = aa.iter().map(String::as_str).collect();
+    let ab: Vec<&str> = ab.iter().map(String::as_str).collect();
+    let mut a = Daemon::start_listening(na.port, &dir.join("a"), &aa);
+    let mut b = Daemon::start_listening(nb.port, &dir.join("b"), &ab);
+    a.wait_ready();
+    b.wait_ready();
+    (a, b)
 }
 
 /// Poll `f` every 20 ms for at most `secs`.
@@ -71,8 +91,7 @@ fn writes_cross_both_ways_with_the_same_cas() {
             repl: free_port(),
         },
     );
-    let a = start(&na, &tmp.path().join("a"), &args(&na, &nb, "1", &s));
-    let b = start(&nb, &tmp.path().join("b"), &args(&nb, &na, "2", &s));
+    let (a, b) = start_pair(&na, &nb, tmp.path(), &s, &s, &[]);
     let (mut ca, mut cb) = (a.client(), b.client());
     assert!(eventually(10, || ca.stat("repl_link") == "up"
         && cb.stat("repl_link") == "up"));
@@ -119,21 +138,74 @@ fn a_node_restarted_empty_gets_its_twins_data() {
             repl: free_port(),
         },
     );
-    let a = start(&na, &tmp.path().join("a"), &args(&na, &nb, "1", &s));
-    let b = start(&nb, &tmp.path().join("b"), &args(&nb, &na, "2", &s));
+    let (a, b) = start_pair(&na, &nb, tmp.path(), &s, &s, &[]);
+    const N: usize = 20_000;
     let mut ca = a.client();
-    for i in 0..300 {
-        assert_eq!(ca.set(&format!("s{i}"), 0, 0, b"v"), "STORED");
+    for i in 0..N {
+        ca.w_noreply(&format!("s{i}"), b"v");
     }
+    assert!(ca.cmd("version").starts_with("VERSION"));
     let mut cb = b.client();
-    assert!(eventually(10, || cb.get("s299").is_some()));
+    assert!(eventually(10, || cb.get(&format!("s{}", N - 1)).is_some()));
     b.stop();
-    // B comes back on a fresh data dir.
-    let b = start(&nb, &tmp.path().join("b2"), &args(&nb, &na, "2", &s));
+    // B comes back on a fresh data dir. A client reads from it from the
+    // moment it accepts: errors while B catches up, then hits, never a miss.
+    let bargs = args(&nb, &na, "2", &s);
+    let bargs: Vec<&str> = bargs.iter().map(String::as_str).collect();
+    let b = Daemon::start_listening(nb.port, &tmp.path().join("b2"), &bargs);
     let mut cb = b.client();
-    assert!(eventually(10, || (0..300).all(|i| cb.get(&format!("s{i}")).is_some())));
+    let keys: Vec<String> = (0..N).map(|i| format!("s{i}")).collect();
+    let (mut errors, mut rounds) = (0u64, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all_hit = true;
+        for chunk in keys.chunks(500) {
+            match get_or_error(&mut cb, chunk) {
+                None => {
+                    errors += 1;
+                    all_hit = false;
+                }
+                Some(hits) => assert_eq!(
+                    hits,
+                    chunk.len(),
+                    "a miss on a catching-up node (round {rounds}, after {errors} errors)"
+                ),
+            }
+        }
+        rounds += 1;
+        if all_hit {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never caught up: {errors} errors"
+        );
+    }
+    assert_eq!(cb.stat("repl_state"), "ready");
+    assert!(cb.stat("repl_not_ready_replies").parse::<u64>().expect("n") >= errors);
+    assert!(
+        b.log_text().contains("caught up with the twin"),
+        "{}",
+        b.log_text()
+    );
     a.stop();
     b.stop();
+}
+
+/// `get` several one-byte values: Some(hits), or None for the not-ready error.
+fn get_or_error(c: &mut Client, keys: &[String]) -> Option<usize> {
+    let first = c.cmd(&format!("get {}", keys.join(" ")));
+    if first.starts_with("SERVER_ERROR not ready") {
+        return None;
+    }
+    let (mut hits, mut line) = (0, first);
+    while line != "END" {
+        assert!(line.starts_with("VALUE "), "unexpected {line:?}");
+        assert_eq!(c.line().expect("data"), "v");
+        hits += 1;
+        line = c.line().expect("line");
+    }
+    Some(hits)
 }
 
 #[test]
@@ -169,8 +241,8 @@ fn wrong_secret_is_refused_and_nothing_crosses() {
             repl: free_port(),
         },
     );
-    let a = start(&na, &tmp.path().join("a"), &args(&na, &nb, "1", &s1));
-    let b = start(&nb, &tmp.path().join("b"), &args(&nb, &na, "2", &s2));
+    // The link never forms: both serve alone at once.
+    let (a, b) = start_pair(&na, &nb, tmp.path(), &s1, &s2, &["--peer-wait", "0"]);
     let (mut ca, mut cb) = (a.client(), b.client());
     assert_eq!(ca.set("k", 0, 0, b"v"), "STORED");
     assert!(eventually(10, || ca.stat("repl_link") == "refused"

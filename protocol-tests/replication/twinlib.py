@@ -32,10 +32,21 @@ FLAG_PEER = "--peer"
 FLAG_LISTEN = "--replication-listen"
 FLAG_SECRET = "--replication-secret"
 FLAG_NODE_ID = "--node-id"
+FLAG_PEER_WAIT = "--peer-wait"
+
+#: --peer-wait the harness gives every node unless a test says otherwise: a
+#: node whose twin never comes (wrong secret, clock skew, a twin left stopped)
+#: serves after this long instead of the production default of 30 s.
+HARNESS_PEER_WAIT = os.environ.get("MEMTWIN_REPL_PEER_WAIT", "2")
+
+#: the first bytes of the reply to every request while a node catches up.
+NOT_READY = b"SERVER_ERROR not ready"
 
 #: logical name -> field name in plain `stats` (with the repl_ prefix).
 #: `stats replication` shows the same fields without the prefix.
 STAT = {
+    "state": "repl_state",                  # catching_up / ready / alone
+    "not_ready_replies": "repl_not_ready_replies",
     "link": "repl_link",                    # "up" when the link is established
     "peer_node_id": "repl_peer_node_id",
     "records_sent": "repl_records_sent",
@@ -332,7 +343,8 @@ class Node:
     """One daemon on `host` (a distinct 127.0.0.x), stopped by pid."""
 
     def __init__(self, binary, host, logdir, name, node_id=None, peer=None, secret=None,
-                 data_dir=None, extra=(), repl_port=None, port=None, replicate=True):
+                 data_dir=None, extra=(), repl_port=None, port=None, replicate=True,
+                 peer_wait=HARNESS_PEER_WAIT):
         self.binary = binary
         self.host = host
         self.name = name
@@ -342,6 +354,7 @@ class Node:
         self.data_dir = data_dir
         self.extra = list(extra)
         self.replicate = replicate
+        self.peer_wait = peer_wait  # None: the daemon's default
         self.port = port or free_port(host)
         self.repl_port = repl_port or free_port(host)
         self.log_path = os.path.join(logdir, "%s.log" % name)
@@ -372,11 +385,16 @@ class Node:
                 argv += [FLAG_SECRET, self.secret]
             if self.node_id is not None:
                 argv += [FLAG_NODE_ID, str(self.node_id)]
+            if self.peer and self.peer_wait is not None:
+                argv += [FLAG_PEER_WAIT, str(self.peer_wait)]
         if self.data_dir:
             argv += ["--data-dir", self.data_dir]
         return argv + self.extra
 
-    def start(self, timeout=20.0):
+    def start(self, timeout=20.0, serving=True):
+        """Spawn and wait until it answers `version` with VERSION (`serving`),
+        or with anything at all (a node with a twin answers the not-ready
+        error until it has caught up)."""
         self.starts += 1
         argv = self.argv()
         with open(self.log_path, "ab") as log:
@@ -392,7 +410,8 @@ class Node:
                 with socket.create_connection((self.host, self.port), timeout=0.5) as s:
                     s.sendall(b"version\r\n")
                     s.settimeout(1.0)
-                    if s.recv(100).startswith(b"VERSION"):
+                    got = s.recv(100)
+                    if got.startswith(b"VERSION") or (got.startswith(NOT_READY) and not serving):
                         return self
             except OSError:
                 pass
@@ -401,6 +420,17 @@ class Node:
             time.sleep(0.05)
         self.stop(kill=True)
         raise RuntimeError("%s did not answer on %s:\n%s" % (self.name, self.addr, self.log_tail()))
+
+    def serving(self):
+        """True once `version` gets VERSION (not the not-ready error)."""
+        try:
+            c = self.connect(timeout=1.0)
+            try:
+                return c.cmd("version").startswith(b"VERSION")
+            finally:
+                c.close()
+        except (OSError, ConnectionError, AssertionError):
+            return False
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -693,8 +723,13 @@ class TwinPair:
         self.nodes = [self.a, self.b]
 
     def start(self, wait_link=True, timeout=10.0):
-        self.a.start()
-        self.b.start()
+        # Each node is gated until it has caught up with the other: both must
+        # be up before either serves.
+        self.a.start(serving=False)
+        self.b.start(serving=False)
+        for n in self.nodes:
+            if not wait_until(n.serving, timeout=20.0, step=0.05):
+                raise AssertionError("%s never served:\n%s" % (n.name, self.log_tails()))
         if wait_link:
             ok = wait_until(lambda: self.a.link_up() and self.b.link_up(), timeout=timeout, step=0.05)
             if not ok:

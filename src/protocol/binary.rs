@@ -77,6 +77,8 @@ pub enum Status {
     OutOfMemory = 0x0082,
     /// memtwin: persistence cannot accept the write (disk full, I/O error).
     Internal = 0x0084,
+    /// memcached's "Temporary failure": memtwin is catching up with its twin.
+    TemporaryFailure = 0x0086,
 }
 
 impl Status {
@@ -94,6 +96,7 @@ impl Status {
             Status::UnknownCommand => b"Unknown command",
             Status::OutOfMemory => b"Out of memory",
             Status::Internal => b"Unable to persist write",
+            Status::TemporaryFailure => b"Temporary failure: catching up with the twin",
         }
     }
 }

@@ -127,6 +127,12 @@ impl BinarySession {
             Ok(r) => r,
             Err(e) => return reject(e, h, out),
         };
+        if !self.shared.readiness.serving() && gated(req.kind) && !self.shared.serving() {
+            // Catching up with the twin: an error (the client fails over),
+            // never a miss. The value, if any, is skipped unbuffered.
+            put_error(out, to, Status::TemporaryFailure);
+            return Step::Consumed(h.packet_len());
+        }
         let e = &self.shared.engine;
         match req.kind {
             Kind::Store(mode) if !e.fits(h.key_len(), h.value_len()) => {
@@ -453,6 +459,20 @@ impl BinarySession {
 }
 
 /// Reply to a rejected header and say whether the connection survives.
+/// Whether a request waits for the twin catch-up: everything but the
+/// requests that reveal no data (stats, quit, noop) and authentication.
+fn gated(kind: Kind) -> bool {
+    !matches!(
+        kind,
+        Kind::Quit
+            | Kind::Noop
+            | Kind::Stat
+            | Kind::SaslListMechs
+            | Kind::SaslAuth
+            | Kind::SaslStep
+    )
+}
+
 fn reject(e: BinError, h: &Header, out: &mut BytesMut) -> Step {
     if let Some(status) = e.status() {
         put_error(out, ReplyTo::from(h), status);
@@ -544,13 +564,40 @@ mod tests {
         assert!(sh.twin.set(t).is_ok());
         let (out, _) = run(&mut s, &[&req(op::STAT, b"replication", &[], &[], 0, 2)]);
         assert_eq!(status_of(&out), 0);
-        // The first pair: key "link", value "connecting".
+        // The first pair: key "state", value "ready".
         let (klen, blen) = (
             u16::from_be_bytes([out[2], out[3]]) as usize,
             u32::from_be_bytes([out[8], out[9], out[10], out[11]]) as usize,
         );
-        assert_eq!(&out[24..24 + klen], b"link");
-        assert_eq!(&out[24 + klen..24 + blen], b"connecting");
+        assert_eq!(&out[24..24 + klen], b"state");
+        assert_eq!(&out[24 + klen..24 + blen], b"ready");
+    }
+
+    #[test]
+    fn catching_up_answers_temporary_failure_never_a_miss() {
+        let mut sh = Shared::for_tests();
+        sh.readiness = Arc::new(crate::twin::Readiness::gated());
+        let sh = Arc::new(sh);
+        let mut s = BinarySession::new(sh.clone());
+        let set = req(op::SET, b"k", &[0, 0, 0, 7, 0, 0, 0, 0], b"value", 0, 1);
+        // The value arrives in a later read: it is skipped, not parsed.
+        let (head, tail) = set.split_at(30);
+        let mut rest = tail.to_vec();
+        rest.extend(req(op::GETKQ, b"k", &[], &[], 0, 2));
+        rest.extend(req(op::STAT, b"", &[], &[], 0, 3));
+        let (out, closed) = run(&mut s, &[head, &rest]);
+        assert!(!closed);
+        assert_eq!(status_of(&out), Status::TemporaryFailure as u16);
+        let second = &out[24 + u32::from_be_bytes([out[8], out[9], out[10], out[11]]) as usize..];
+        assert_eq!(second[1], op::GETKQ, "a quiet get gets the error too");
+        assert_eq!(status_of(second), Status::TemporaryFailure as u16);
+        assert_eq!(sh.readiness.refused(), 2);
+        sh.readiness.synced();
+        let mut batch = req(op::SET, b"k", &[0, 0, 0, 7, 0, 0, 0, 0], b"v", 0, 4);
+        batch.extend(req(op::GET, b"k", &[], &[], 0, 5));
+        let (out, _) = run(&mut s, &[&batch]);
+        assert_eq!(status_of(&out), 0);
+        assert_eq!(status_of(&out[24..]), 0, "the get hits");
     }
 
     #[test]

@@ -63,6 +63,16 @@ pub fn execute(
             };
         }
     };
+    if req.kind != Kind::Noop && !shared.serving() {
+        out.put_slice(crate::session::NOT_READY);
+        return match req.kind {
+            Kind::Set => Step::Swallow {
+                consumed: next,
+                swallow: req.datalen + 2,
+            },
+            _ => done(false),
+        };
+    }
     let e = &*shared.engine;
     match req.kind {
         Kind::Noop => {

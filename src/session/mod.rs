@@ -39,6 +39,9 @@ pub struct Shared {
     /// The twin link's counters, once it runs (`--peer`): `stats replication`
     /// and the `repl_` fields of `stats`.
     pub twin: std::sync::OnceLock<Arc<crate::twin::TwinStats>>,
+    /// Whether requests may be answered yet: a node with a twin answers
+    /// errors until it has caught up (`twin::readiness`).
+    pub readiness: Arc<crate::twin::Readiness>,
 }
 
 impl Shared {
@@ -54,9 +57,25 @@ impl Shared {
             conns: ConnRegistry::default(),
             shutdown: CancellationToken::new(),
             twin: std::sync::OnceLock::new(),
+            readiness: Arc::new(crate::twin::Readiness::standalone()),
         }
     }
+
+    /// False while this node must answer [`NOT_READY`] (counted) instead of
+    /// executing a request.
+    #[inline]
+    pub fn serving(&self) -> bool {
+        if self.readiness.serving() {
+            return true;
+        }
+        self.readiness.refuse();
+        false
+    }
 }
+
+/// The text and meta reply while the node catches up with its twin: an error
+/// (clients fail over), never a miss (clients would log the user out).
+pub const NOT_READY: &[u8] = b"SERVER_ERROR not ready: catching up with the twin\r\n";
 
 #[cfg(test)]
 pub(crate) mod testing {

@@ -79,6 +79,11 @@ impl TextSession {
             Ok(c) => c,
             Err(r) => return self.rejected(r, next, out),
         };
+        if !self.shared.readiness.serving() {
+            if let Some(step) = self.not_ready(&cmd, next, out) {
+                return step;
+            }
+        }
         let e = &self.shared.engine;
         match cmd {
             Command::Get { keys, cas, touch } => {
@@ -265,6 +270,32 @@ impl TextSession {
         Step::Consumed(next)
     }
 
+    /// While catching up with the twin: the error instead of executing `cmd`
+    /// (a data block is discarded unbuffered), or None for the commands that
+    /// reveal no data and stay available (`stats`, `quit`, `verbosity`,
+    /// `shutdown`) and for meta commands, which gate themselves.
+    fn not_ready(&mut self, cmd: &Command, next: usize, out: &mut BytesMut) -> Option<Step> {
+        match cmd {
+            Command::Stats { .. }
+            | Command::Quit
+            | Command::Verbosity { .. }
+            | Command::Shutdown { .. }
+            | Command::Meta { .. } => None,
+            _ => {
+                if !self.shared.serving() {
+                    // Sent even with noreply, as memcached sends its errors.
+                    out.extend_from_slice(crate::session::NOT_READY);
+                    if let Command::Store { len, .. } = cmd {
+                        self.swallow = len + 2;
+                    }
+                    Some(Step::Consumed(next))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
     fn rejected(&mut self, r: Rejected, next: usize, out: &mut BytesMut) -> Step {
         if r.error == TextError::Close {
             return Step::Close(next);
@@ -414,7 +445,9 @@ mod tests {
         assert!(sh.twin.set(t).is_ok());
         let out = run_on(sh.clone(), b"stats replication\r\n");
         assert!(
-            out.starts_with("STAT link connecting\r\nSTAT peer 10.0.0.2:12211\r\n"),
+            out.starts_with(
+                "STAT state ready\r\nSTAT link connecting\r\nSTAT peer 10.0.0.2:12211\r\n"
+            ),
             "{out}"
         );
         assert!(out.contains("STAT node_id 3\r\n") && out.ends_with("END\r\n"));
@@ -422,6 +455,39 @@ mod tests {
         assert!(
             out.contains("STAT repl_link connecting\r\n") && out.contains("STAT repl_lag_ms 0\r\n")
         );
+    }
+
+    #[test]
+    fn catching_up_answers_errors_never_misses_then_serves() {
+        let mut sh = Shared::for_tests();
+        sh.readiness = Arc::new(crate::twin::Readiness::gated());
+        let sh = Arc::new(sh);
+        let ready = sh.readiness.clone();
+        let nr = "SERVER_ERROR not ready: catching up with the twin\r\n";
+        let mut s = TextSession::new(sh.clone());
+        let mut input = BytesMut::new();
+        let mut out = BytesMut::new();
+        // A data block split over reads is discarded, not parsed as commands.
+        for chunk in [
+            &b"set k 0 0 7\r\nget "[..],
+            b"x\r\n\r\nget k\r\nadd k 0 0 1 noreply\r\nz\r\nms k 2\r\nhi",
+            b"\r\nmg k v\r\nmn\r\ndelete k\r\nincr k 1\r\ntouch k 1\r\nflush_all\r\nversion\r\n",
+        ] {
+            input.extend_from_slice(chunk);
+            while let Flow::Flush = s.process(&mut input, &mut out) {}
+        }
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let want = format!("{nr}{nr}{nr}{nr}{nr}MN\r\n{nr}{nr}{nr}{nr}{nr}");
+        assert_eq!(text, want);
+        assert_eq!(ready.refused(), 10);
+        // Stats stay available (operators watch the catch-up).
+        assert!(run_on(sh.clone(), b"stats\r\n").ends_with("END\r\n"));
+        ready.synced();
+        assert_eq!(
+            run_on(sh, b"set k 0 0 1\r\nv\r\nget k\r\n"),
+            "STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n"
+        );
+        assert_eq!(ready.refused(), 10);
     }
 
     fn request() -> impl Strategy<Value = Vec<u8>> {

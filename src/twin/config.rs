@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::readiness::{PeerWait, Readiness};
+
 /// The shared secret. Never printed: `Debug` redacts it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Arc<[u8]>);
@@ -54,7 +56,16 @@ pub struct TwinConfig {
     /// Margin subtracted from the twin's resume point before a scan: covers
     /// versions stamped slightly out of order with their publication.
     pub resume_margin_ms: u64,
+    /// The node's serving state: the link opens the gate once caught up.
+    pub readiness: Arc<Readiness>,
+    /// How long to stay gated while the twin cannot be reached (`--peer-wait`).
+    pub peer_wait: PeerWait,
 }
+
+/// Default of `--peer-wait`: long enough for a twin that restarts with it
+/// (both nodes of a pair rebooted together), short enough that a node whose
+/// twin is gone for good serves within a minute.
+pub const DEFAULT_PEER_WAIT: Duration = Duration::from_secs(30);
 
 impl TwinConfig {
     /// Production timings (docs/replication.md §6).
@@ -75,6 +86,8 @@ impl TwinConfig {
             backoff_max: Duration::from_secs(5),
             scan_chunk: 512,
             resume_margin_ms: 2000,
+            readiness: Arc::new(Readiness::gated()),
+            peer_wait: PeerWait::For(DEFAULT_PEER_WAIT),
         }
     }
 }

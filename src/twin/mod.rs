@@ -25,7 +25,7 @@
 //! store behind the trait), [`convert`] (mutation ⇄ record), [`framed`] (frames over any byte stream, bounded), [`handshake`],
 //! [`session`] (sender and receiver of one established link), [`supervisor`]
 //! (listener, dialler, arbitration), [`outbox`] (the subscription bridged into
-//! the runtime), [`stats`].
+//! the runtime), [`readiness`] (whether clients may be answered yet), [`stats`].
 
 pub mod config;
 pub mod convert;
@@ -34,6 +34,7 @@ pub mod framed;
 pub mod handshake;
 pub mod node_id;
 pub mod outbox;
+pub mod readiness;
 pub mod session;
 pub mod stats;
 pub mod supervisor;
@@ -48,6 +49,7 @@ use crate::version::Hlc;
 use std::sync::Arc;
 
 pub use config::TwinConfig;
+pub use readiness::{PeerWait, Readiness, Serving};
 pub use stats::TwinStats;
 pub use supervisor::Twin;
 

@@ -204,6 +204,7 @@ async fn receive<R: AsyncRead + Unpin>(
                     return Err(SessionError::Protocol("synced for another origin"));
                 }
                 node.update_position(origin, |p| p.version = p.version.max(version));
+                caught_up(node);
             }
             Frame::Refuse { reason, message } => {
                 return Err(SessionError::Refused { reason, message })
@@ -214,6 +215,22 @@ async fn receive<R: AsyncRead + Unpin>(
                 ))
             }
         }
+    }
+}
+
+/// The twin's link-up scan is complete: we hold everything it had.
+fn caught_up(node: &Node) {
+    let r = &node.cfg.readiness;
+    match r.synced() {
+        super::Serving::CatchingUp => tracing::info!(
+            "caught up with the twin after {:.1} s ({} records applied): serving clients",
+            r.caught_up_after().map_or(0.0, |d| d.as_secs_f64()),
+            node.stats.records_applied.load(Ordering::Relaxed)
+        ),
+        super::Serving::Alone => {
+            tracing::info!("caught up with the twin again: no longer serving alone")
+        }
+        super::Serving::Ready => {}
     }
 }
 

@@ -61,6 +61,7 @@ pub struct TwinStats {
     pub auth_failures: AtomicU64,
     pub clock_skew_ms: AtomicI64,
     gauge: OnceLock<Arc<QueueGauge>>,
+    readiness: OnceLock<Arc<super::Readiness>>,
 }
 
 impl TwinStats {
@@ -85,6 +86,10 @@ impl TwinStats {
         let _ = self.gauge.set(g);
     }
 
+    pub(crate) fn set_readiness(&self, r: Arc<super::Readiness>) {
+        let _ = self.readiness.set(r);
+    }
+
     fn lag_records(&self) -> u64 {
         self.shipped_seq
             .load(Ordering::Relaxed)
@@ -106,7 +111,16 @@ impl TwinStats {
             .gauge
             .get()
             .map_or((0, 0), |g| (g.queued_bytes() as u64, g.overflows()));
+        let (state, refused, caught_up) = match self.readiness.get() {
+            Some(r) => (
+                r.state().name(),
+                r.refused(),
+                r.caught_up_after().map_or(0, |d| d.as_millis() as u64),
+            ),
+            None => ("ready", 0, 0),
+        };
         vec![
+            ("repl_state", state.to_string()),
             ("repl_link", self.state().name().to_string()),
             ("repl_peer", self.peer.clone()),
             ("repl_node_id", self.node_id.to_string()),
@@ -135,6 +149,8 @@ impl TwinStats {
                     .to_string(),
             ),
             ("repl_auth_failures", n(&self.auth_failures)),
+            ("repl_not_ready_replies", refused.to_string()),
+            ("repl_caught_up_after_ms", caught_up.to_string()),
             (
                 "repl_clock_skew_ms",
                 self.clock_skew_ms.load(Ordering::Relaxed).to_string(),
@@ -171,7 +187,8 @@ mod tests {
         assert_eq!(get("repl_lag_ms").as_deref(), Some("0"));
         assert_eq!(get("repl_reconnects").as_deref(), Some("2"));
         let g = s.report_group();
-        assert_eq!(g[0], ("link", "up".to_string()));
+        assert_eq!(g[0], ("state", "ready".to_string()));
+        assert_eq!(g[1], ("link", "up".to_string()));
         assert_eq!(g.len(), r.len());
     }
 }

@@ -17,6 +17,7 @@ use super::config::TwinConfig;
 use super::framed::{FrameReader, FrameWriter};
 use super::handshake::{handshake, refuse, HandshakeError, Local, Peer};
 use super::outbox::Outbox;
+use super::readiness::{PeerWait, Serving};
 use super::session::{self, Node, SessionError};
 use super::stats::{LinkState, TwinStats};
 use super::TwinStore;
@@ -58,6 +59,7 @@ struct Offer {
 /// The running twin module.
 pub struct Twin {
     stats: Arc<TwinStats>,
+    readiness: Arc<super::Readiness>,
     listen: SocketAddr,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -82,6 +84,8 @@ impl Twin {
         let outbox = Outbox::new(sub)?;
         let stats = Arc::new(TwinStats::new(cfg.peer.clone(), store.hlc().node()));
         stats.set_gauge(outbox.gauge.clone());
+        stats.set_readiness(cfg.readiness.clone());
+        let readiness = cfg.readiness.clone();
         let node = Arc::new(Node {
             store,
             cfg,
@@ -105,14 +109,21 @@ impl Twin {
                 offer_tx.clone(),
                 cancel.clone(),
             )),
+            tokio::spawn(peer_wait(node.clone(), up_rx.clone(), cancel.clone())),
             tokio::spawn(dial_loop(node, offer_tx, up_rx, cancel.clone())),
         ];
         Ok(Twin {
             stats,
+            readiness,
             listen,
             cancel,
             tasks,
         })
+    }
+
+    /// Whether clients may be answered yet (shared with every session).
+    pub fn readiness(&self) -> Arc<super::Readiness> {
+        self.readiness.clone()
     }
 
     pub fn stats(&self) -> Arc<TwinStats> {
@@ -324,6 +335,19 @@ fn start_session(
 }
 
 fn link_down(node: &Node, c: &Current, res: Result<(), SessionError>) {
+    let lost = !matches!(
+        res,
+        Err(SessionError::Stopped)
+            | Err(SessionError::Refused {
+                reason: RefuseReason::Busy,
+                ..
+            })
+    );
+    if lost && node.cfg.readiness.link_lost() == Serving::Ready {
+        tracing::warn!(
+            "twin link lost: serving alone; writes reach the twin when the link returns"
+        );
+    }
     match res {
         Err(SessionError::Stopped) => {}
         Err(SessionError::Refused {
@@ -341,6 +365,35 @@ fn link_down(node: &Node, c: &Current, res: Result<(), SessionError>) {
             node.stats.set_state(LinkState::Down);
             tracing::warn!("twin link to node {} at {} down", c.peer, c.addr);
         }
+    }
+}
+
+/// `--peer-wait`: a node still catching up when the deadline passes with no
+/// link up serves alone. A link that is up at the deadline is streaming the
+/// catch-up: the gate stays closed until it completes or the link drops.
+async fn peer_wait(node: Arc<Node>, mut up: watch::Receiver<bool>, cancel: CancellationToken) {
+    let readiness = node.cfg.readiness.clone();
+    let PeerWait::For(wait) = node.cfg.peer_wait else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = readiness.wait_change(Serving::CatchingUp) => return,
+        _ = tokio::time::sleep_until(deadline) => {}
+    }
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = readiness.wait_change(Serving::CatchingUp) => return,
+        r = up.wait_for(|u| !*u) => if r.is_err() { return },
+    }
+    if readiness.give_up_waiting() == Serving::CatchingUp {
+        tracing::warn!(
+            "the twin {} was not reachable within --peer-wait {} s: SERVING ALONE, without the \
+             twin's sessions; this node catches up (both ways) when the twin appears",
+            node.cfg.peer,
+            wait.as_secs()
+        );
     }
 }
 

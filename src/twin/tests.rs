@@ -4,7 +4,7 @@
 use super::config::{Secret, TwinConfig};
 use super::stats::LinkState;
 use super::testing::FakeStore;
-use super::{Twin, TwinStore};
+use super::{PeerWait, Serving, Twin, TwinStore};
 use crate::protocol::twin::{decode, encode, Frame, RefuseReason, MAX_FRAME_DEFAULT};
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -330,16 +330,23 @@ async fn a_restarted_empty_peer_gets_everything_back() {
         b.set(format!("b{i}").as_bytes(), b"y");
     }
     assert!(wait_until(10, || a.len() == 1000 && b.len() == 1000).await);
+    assert_eq!(ta.readiness().state(), Serving::Ready);
     // B restarts empty, on the same address.
     tb.stop().await;
+    assert!(wait_until(10, || ta.readiness().state() == Serving::Alone).await);
     let b2 = FakeStore::new(2);
     let lb = TcpListener::bind(ab).await.expect("rebind");
     let tb = Twin::start_on(lb, b2.clone(), cfg(aa, SECRET)).expect("b again");
-    assert!(
-        wait_until(10, || b2.len() == 1000).await,
-        "b2 has {}",
-        b2.len()
-    );
+    // The gate opens only once B holds everything A has.
+    let ready = tb.readiness();
+    assert!(!ready.serving());
+    tokio::time::timeout(Duration::from_secs(10), ready.wait_serving())
+        .await
+        .expect("caught up");
+    assert_eq!(b2.len(), 1000, "served before it held everything");
+    assert_eq!(ready.state(), Serving::Ready);
+    assert!(ready.caught_up_after().is_some());
+    assert!(wait_until(10, || ta.readiness().state() == Serving::Ready).await);
     assert!(ta.stats().scan_records.load(Ordering::Relaxed) >= 1000);
     assert!(ta.stats().link_ups.load(Ordering::Relaxed) >= 2);
     b2.set(b"after", b"restart");
@@ -472,6 +479,34 @@ async fn both_sides_write_during_a_cut_and_converge() {
     relay.task.abort();
     ta.stop().await;
     tb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_twin_gates_for_peer_wait_then_serves_alone() {
+    // A port nobody listens on: bind, note it, close.
+    let dead = {
+        let (l, a) = bind().await;
+        drop(l);
+        a
+    };
+    let start = |wait: PeerWait| async move {
+        let (l, _) = bind().await;
+        let mut c = cfg(dead, SECRET);
+        c.peer_wait = wait;
+        Twin::start_on(l, FakeStore::new(1), c).expect("start")
+    };
+    let t = start(PeerWait::For(Duration::from_millis(300))).await;
+    let forever = start(PeerWait::Forever).await;
+    assert_eq!(t.readiness().state(), Serving::CatchingUp);
+    tokio::time::timeout(Duration::from_secs(5), t.readiness().wait_serving())
+        .await
+        .expect("serves after --peer-wait");
+    assert_eq!(t.readiness().state(), Serving::Alone);
+    assert!(t.readiness().caught_up_after().is_none());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(forever.readiness().state(), Serving::CatchingUp);
+    t.stop().await;
+    forever.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

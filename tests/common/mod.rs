@@ -90,6 +90,32 @@ impl Daemon {
         }
     }
 
+    /// Spawn and wait until the daemon answers at all: a node with a twin
+    /// answers errors until it has caught up (see [`Daemon::wait_ready`]).
+    #[allow(dead_code)]
+    pub fn start_listening(port: u16, dir: &Path, args: &[&str]) -> Daemon {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut d = Self::spawn_env(port, dir, &args, &[]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("memtwin exited early ({status}):\n{}", d.log_text());
+            }
+            if let Ok(mut c) = Client::try_connect(d.port) {
+                if c.try_cmd("version").is_ok() {
+                    return d;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "memtwin not listening:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until `version` gets `VERSION`: loaded and, with a twin, caught up.
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -1,0 +1,184 @@
+"""Readiness (issue 12): a node that starts while its twin holds the sessions
+answers errors until it has caught up, then hits; never a miss. A node whose
+twin is unreachable serves alone after --peer-wait, and merges both ways when
+the twin appears."""
+import os
+import time
+
+import pytest
+
+import binproto as bp
+from twinlib import NOT_READY, STAT, Node, converged, free_port, make_secret, wait_until
+
+#: sessions on the twin when a node restarts empty (issue 12 asks for 1M in
+#: the benchmark; here enough that the catch-up spans many requests).
+SESSIONS = 100_000
+VALUE = b"s" * 200
+
+
+def fill(n, count, prefix=b"sess:", value=VALUE):
+    """Pipelined noreply sets, then a round trip so all are applied."""
+    c = n.connect(timeout=30)
+    try:
+        batch = []
+        for i in range(count):
+            batch.append(b"set %s%d 0 0 %d noreply\r\n%s\r\n" % (prefix, i, len(value), value))
+            if len(batch) == 2000:
+                c.send(b"".join(batch))
+                batch = []
+        c.send(b"".join(batch))
+        assert c.cmd("version").startswith(b"VERSION")
+    finally:
+        c.close()
+
+
+def items(n):
+    return int(n.stats()["curr_items"])
+
+
+def get_or_error(c, keys):
+    """`get k1 k2 ...`: ("error", line) for the not-ready error, else ("hits", n)."""
+    c.send(b"get " + b" ".join(keys) + b"\r\n")
+    hits = 0
+    for _ in range(len(keys) + 1):
+        line = c.read_line()
+        if line.startswith(NOT_READY):
+            assert hits == 0, "an error after values: %r" % line
+            return "error", line
+        if line == b"END\r\n":
+            return "hits", hits
+        assert line.startswith(b"VALUE "), line
+        c.read_exact(int(line.split()[3]) + 2)
+        hits += 1
+    raise AssertionError("no END")
+
+
+def hammer_until_caught_up(node, keys, timeout=60.0, batch=100):
+    """Read every key from `node` in batches from the moment it listens,
+    until one full pass hits everything. Fails on any miss; returns the number
+    of not-ready errors seen."""
+    c = node.connect(timeout=10)
+    errors, passes = 0, 0
+    deadline = time.monotonic() + timeout
+    try:
+        for passes in range(1, 10_000):
+            all_hit = True
+            for i in range(0, len(keys), batch):
+                chunk = keys[i:i + batch]
+                kind, n = get_or_error(c, chunk)
+                if kind == "error":
+                    errors += 1
+                    all_hit = False
+                    continue
+                assert n == len(chunk), (
+                    "a miss on a catching-up node: %d of %d keys at offset %d (pass %d, after %d "
+                    "errors)" % (n, len(chunk), i, passes, errors))
+            if all_hit:
+                return errors
+            assert time.monotonic() < deadline, "never caught up (%d errors)" % errors
+    finally:
+        c.close()
+    raise AssertionError("too many passes")
+
+
+def test_restarted_empty_node_answers_errors_then_hits_never_a_miss(make_pair):
+    p = make_pair()
+    fill(p.a, SESSIONS)
+    assert wait_until(lambda: items(p.b) == SESSIONS, timeout=60), items(p.b)
+    keys = [b"sess:%d" % i for i in range(SESSIONS)]
+    p.b.kill9()
+    p.b.start(serving=False)
+    errors = hammer_until_caught_up(p.b, keys)
+    # The twin kept serving and lost nothing.
+    assert items(p.a) == SESSIONS
+    assert p.b.stat("state") == "ready"
+    assert int(p.b.stat("not_ready_replies")) >= errors
+    assert p.b.log_matches(r"caught up with the twin after")
+    print("catch-up of %d sessions: %d not-ready replies seen by one reader" % (SESSIONS, errors))
+
+
+def test_binary_and_meta_clients_get_errors_while_catching_up(make_pair):
+    p = make_pair()
+    fill(p.a, 50_000, prefix=b"bin:")
+    assert wait_until(lambda: items(p.b) == 50_000, timeout=60)
+    p.b.kill9()
+    p.b.start(serving=False)
+    # One connection per protocol: the first byte decides a connection's protocol.
+    t, b = p.b.connect(), p.b.connect()
+    seen = set()
+    try:
+        for i in range(200_000):
+            k = b"bin:%d" % (i % 50_000)
+            b.send(bp.req(bp.GETK, k))
+            pk = bp.read_packet(b)
+            assert pk.status in (bp.SUCCESS, 0x86), pk
+            seen.add(("bin", pk.status))
+            parts, _ = t.meta(b"mg " + k + b" v")
+            assert parts[0] in (b"VA", b"SERVER_ERROR"), parts
+            seen.add(("meta", parts[0]))
+            if ("bin", bp.SUCCESS) in seen and ("meta", b"VA") in seen:
+                break
+    finally:
+        t.close()
+        b.close()
+    assert ("bin", bp.SUCCESS) in seen and ("meta", b"VA") in seen, seen
+
+
+def test_unreachable_twin_gates_for_peer_wait_then_serves_alone_then_merges(node, workdir):
+    secret = make_secret(os.path.join(workdir, "secret"))
+    ha, hb = "127.0.0.2", "127.0.0.3"
+    a_repl, b_repl = free_port(ha), free_port(hb)
+    a = node(ha, "a", start=False, node_id=1, secret=secret, repl_port=a_repl,
+             peer="%s:%d" % (hb, b_repl), peer_wait=3)
+    t0 = time.monotonic()
+    a.start(serving=False)
+    c = a.connect()
+    assert c.cmd("get x").startswith(NOT_READY)
+    assert c.stats()[STAT["state"]] == "catching_up", "stats answer while gated"
+    c.close()
+    assert wait_until(a.serving, timeout=15), a.log_tail()
+    waited = time.monotonic() - t0
+    assert 2.0 <= waited < 15, waited
+    assert a.stat("state") == "alone"
+    assert a.log_matches(r"SERVING ALONE")
+    a.connect().store("set", b"from-a", b"written alone")
+    # The twin appears (empty): it catches up from A before serving, and its
+    # own writes reach A.
+    b = node(hb, "b", start=False, node_id=2, secret=secret, repl_port=b_repl,
+             peer="%s:%d" % (ha, a_repl), peer_wait=30)
+    b.start(serving=False)
+    assert wait_until(b.serving, timeout=20), b.log_tail()
+    assert b.connect().mg(b"from-a")["value"] == b"written alone"
+    b.connect().store("set", b"from-b", b"after")
+    converged(b, a, b"from-b")
+    assert wait_until(lambda: a.stat("state") == "ready", timeout=10)
+
+
+def test_peer_wait_forever_never_serves_without_the_twin(node, workdir):
+    secret = make_secret(os.path.join(workdir, "secret"))
+    h = "127.0.0.2"
+    a = node(h, "a", start=False, node_id=1, secret=secret,
+             peer="127.0.0.3:%d" % free_port("127.0.0.3"), peer_wait="forever")
+    a.start(serving=False)
+    for _ in range(3):
+        time.sleep(1)
+        c = a.connect()
+        try:
+            assert c.cmd("set k 0 0 1", b"v").startswith(NOT_READY)
+            assert c.cmd("version").startswith(NOT_READY)
+            assert c.stats()[STAT["state"]] == "catching_up"
+        finally:
+            c.close()
+
+
+def test_restart_with_data_dir_catches_up_what_it_missed(make_pair):
+    p = make_pair(data_dir=True)
+    fill(p.a, 20_000, prefix=b"old:")
+    assert wait_until(lambda: items(p.b) == 20_000, timeout=60)
+    p.b.kill9()
+    # Written while B is down: B's disk does not have them, the twin does.
+    fill(p.a, 20_000, prefix=b"new:")
+    p.b.start(serving=False)
+    keys = [b"old:%d" % i for i in range(20_000)] + [b"new:%d" % i for i in range(20_000)]
+    hammer_until_caught_up(p.b, keys)
+    assert items(p.b) == 40_000
