@@ -173,6 +173,11 @@ pub fn raise_fd_limit(max_conns: usize) -> FdLimit {
     FdLimit::Short(cur)
 }
 
+/// How long a clean shutdown waits for the twin to confirm it has every
+/// write this node accepted (docs/replication.md §7.2): well inside systemd's
+/// default TimeoutStopSec of 90 s.
+const TWIN_DRAIN_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Build everything from the settings and serve until shut down.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
@@ -276,8 +281,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("cannot start the worker threads")?;
     notifier.notify("STOPPING=1");
-    // Stop applying the twin's records before the disk writer drains.
+    // Clients are gone: hand the twin what it does not have yet (bounded),
+    // then stop applying its records before the disk writer drains.
     if let Some(t) = twin {
+        t.drain(TWIN_DRAIN_BOUND).await;
         t.stop().await;
     }
     if let Some(p) = persist {

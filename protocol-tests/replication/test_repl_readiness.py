@@ -182,3 +182,25 @@ def test_restart_with_data_dir_catches_up_what_it_missed(make_pair):
     keys = [b"old:%d" % i for i in range(20_000)] + [b"new:%d" % i for i in range(20_000)]
     hammer_until_caught_up(p.b, keys)
     assert items(p.b) == 40_000
+
+
+def test_clean_shutdown_drains_the_outgoing_stream_to_the_twin(make_pair):
+    """SIGTERM while the twin is still missing writes: A (memory-only, nothing
+    else keeps them) finishes the catch-up and waits for the twin to have
+    applied everything before it exits."""
+    p = make_pair(proxy=True, extra=("-m", "1024"))
+    total = 0
+    for round_ in range(3):
+        # Written while the link is cut: only a scan at the next link-up
+        # ships them, and SIGTERM comes right after that link-up.
+        p.link.cut()
+        assert wait_until(lambda: not p.a.link_up(), timeout=15)
+        fill(p.a, 30_000, prefix=b"drain%d:" % round_, value=b"d" * 1000)
+        total += 30_000
+        p.link.heal()
+        assert wait_until(p.a.link_up, timeout=15, step=0.01)
+        since = p.a.log_size()
+        assert p.a.stop() == 0, p.a.log_tail()
+        assert items(p.b) == total, "lost at shutdown (round %d)" % round_
+        assert p.a.log_matches(r"the twin has everything", since), p.a.log_tail()
+        p.a.start()

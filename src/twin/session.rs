@@ -42,6 +42,9 @@ pub struct Node {
     /// Per origin: the highest seq applied from it (on the last link) and the
     /// version its sender told us we hold everything up to (`Synced`).
     pub positions: Mutex<HashMap<u16, Position>>,
+    /// Cancelled at shutdown: ship what is queued, close, and wait for the
+    /// twin to have applied it ([`run`]).
+    pub draining: CancellationToken,
 }
 
 impl Node {
@@ -151,9 +154,24 @@ where
     st.shipped_seq.store(0, Ordering::Relaxed);
     st.acked_seq.store(0, Ordering::Relaxed);
     st.oldest_unacked_ms.store(0, Ordering::Relaxed);
+    let recv = receive(node, &link, &mut rd);
+    tokio::pin!(recv);
     let result = tokio::select! {
-        r = receive(node, &link, &mut rd) => r,
-        r = send(node, &link, &mut wr, outbox, resume) => r,
+        r = &mut recv => r,
+        r = send(node, &link, &mut wr, outbox, resume) => match r {
+            // Drained: everything is written. The twin reads to the end of
+            // the stream, applying as it goes, and closes its side when it
+            // reaches our FIN: its EOF is its receipt for everything.
+            Ok(()) => {
+                wr.shutdown().await;
+                let waited = tokio::select! {
+                    r = timeout(node.cfg.dead_after, &mut recv) => r.is_ok(),
+                    _ = cancel.cancelled() => false,
+                };
+                if waited { Ok(()) } else { Err(SessionError::Dead(node.cfg.dead_after)) }
+            }
+            Err(e) => Err(e),
+        },
         _ = cancel.cancelled() => Err(SessionError::Stopped),
     };
     wr.shutdown().await;
@@ -310,6 +328,16 @@ async fn send<W: AsyncWrite + Unpin>(
     };
     start_scan(node, &mut s, "link up");
     loop {
+        if node.draining.is_cancelled()
+            && s.scan.is_none()
+            && outbox.peek().is_none()
+            && outbox.gauge.queued_bytes() == 0
+        {
+            housekeeping(node, link, wr, &mut s);
+            let n = wr.flush().await?;
+            node.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+            return Ok(());
+        }
         if outbox.gauge.take_overflowed() {
             start_scan(node, &mut s, "outgoing queue overflowed");
         }
@@ -343,6 +371,7 @@ async fn send<W: AsyncWrite + Unpin>(
                 _ = outbox.ready() => {}
                 _ = link.applied.notified(), if !ack_due => {}
                 _ = tokio::time::sleep_until(wake) => {}
+                _ = node.draining.cancelled() => {}
             }
         }
     }

@@ -60,6 +60,8 @@ pub struct TwinStats {
     pub link_ups: AtomicU64,
     pub auth_failures: AtomicU64,
     pub clock_skew_ms: AtomicI64,
+    /// Set when the link ended by a completed drain (shutdown).
+    pub drained: std::sync::atomic::AtomicBool,
     gauge: OnceLock<Arc<QueueGauge>>,
     readiness: OnceLock<Arc<super::Readiness>>,
 }
@@ -84,6 +86,11 @@ impl TwinStats {
 
     pub(crate) fn set_gauge(&self, g: Arc<QueueGauge>) {
         let _ = self.gauge.set(g);
+    }
+
+    /// Bytes of records waiting for the link.
+    pub fn queued_bytes(&self) -> u64 {
+        self.gauge.get().map_or(0, |g| g.queued_bytes() as u64)
     }
 
     pub(crate) fn set_readiness(&self, r: Arc<super::Readiness>) {

@@ -60,6 +60,7 @@ struct Offer {
 pub struct Twin {
     stats: Arc<TwinStats>,
     readiness: Arc<super::Readiness>,
+    draining: CancellationToken,
     listen: SocketAddr,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -91,7 +92,9 @@ impl Twin {
             cfg,
             stats: stats.clone(),
             positions: Mutex::new(Default::default()),
+            draining: CancellationToken::new(),
         });
+        let draining = node.draining.clone();
         let cancel = CancellationToken::new();
         let (offer_tx, offer_rx) = mpsc::channel(4);
         let (up_tx, up_rx) = watch::channel(false);
@@ -115,6 +118,7 @@ impl Twin {
         Ok(Twin {
             stats,
             readiness,
+            draining,
             listen,
             cancel,
             tasks,
@@ -133,6 +137,46 @@ impl Twin {
     /// The bound replication address (the real port when 0 was asked for).
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// At shutdown, once clients are gone: ship everything queued (and finish
+    /// a running scan), then wait until the twin has applied it, for at most
+    /// `bound`. Returns whether the twin has everything.
+    pub async fn drain(&self, bound: Duration) -> bool {
+        let started = Instant::now();
+        if self.stats.state() != LinkState::Up {
+            let queued = self.stats.queued_bytes();
+            if queued > 0 {
+                tracing::warn!(
+                    "shutting down with the twin link down: {queued} bytes of writes not \
+                     replicated (the twin gets them from this node's disk at the next link, if it has one)"
+                );
+            }
+            return false;
+        }
+        self.draining.cancel();
+        let ended = tokio::time::timeout(bound, async {
+            while self.stats.state() == LinkState::Up {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .is_ok();
+        if ended && self.stats.drained.load(Ordering::Relaxed) {
+            tracing::info!(
+                "the twin has everything this node accepted (drained in {} ms)",
+                started.elapsed().as_millis()
+            );
+            true
+        } else {
+            tracing::warn!(
+                "the twin did not confirm everything within {} s: up to {} bytes of writes may \
+                 exist on this node only",
+                bound.as_secs(),
+                self.stats.queued_bytes()
+            );
+            false
+        }
     }
 
     /// Close the link and the listener, and wait for the tasks.
@@ -244,6 +288,10 @@ async fn arbiter(
                     }
                 }
             }
+            Event::Offer(o) if node.draining.is_cancelled() => {
+                // Shutting down: no new link.
+                let _ = o.reply.send(false);
+            }
             Event::Offer(o) => {
                 let preferred = node.me().max(o.peer.node);
                 let replace = match &current {
@@ -335,6 +383,13 @@ fn start_session(
 }
 
 fn link_down(node: &Node, c: &Current, res: Result<(), SessionError>) {
+    if node.draining.is_cancelled() {
+        node.stats
+            .drained
+            .store(matches!(res, Ok(())), Ordering::Relaxed);
+        node.stats.set_state(LinkState::Down);
+        return;
+    }
     let lost = !matches!(
         res,
         Err(SessionError::Stopped)
@@ -543,6 +598,9 @@ async fn dial_loop(
     );
     let mut last_failure: Option<String> = None;
     loop {
+        if node.draining.is_cancelled() {
+            return;
+        }
         // Dial only while no link is up.
         tokio::select! {
             _ = cancel.cancelled() => return,

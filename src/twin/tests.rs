@@ -510,6 +510,23 @@ async fn an_unreachable_twin_gates_for_peer_wait_then_serves_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_returns_once_the_twin_applied_everything() {
+    let p = pair().await;
+    assert!(wait_until(5, || up(&p.ta) && up(&p.tb)).await, "link up");
+    for i in 0..20_000u32 {
+        p.a.set(format!("d{i}").as_bytes(), &[b'x'; 200]);
+    }
+    assert!(p.ta.drain(Duration::from_secs(10)).await, "drained");
+    assert_eq!(p.b.len(), 20_000, "the twin applied everything before drain returned");
+    assert!(!up(&p.ta));
+    // Draining refuses new links: the twin's redials do not bring it back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!up(&p.ta));
+    p.ta.stop().await;
+    p.tb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_trait_is_object_safe() {
     let s: Arc<dyn TwinStore> = FakeStore::new(3);
     assert_eq!(s.hlc().node(), 3);
