@@ -3,6 +3,7 @@ answers errors until it has caught up, then hits; never a miss. A node whose
 twin is unreachable serves alone after --peer-wait, and merges both ways when
 the twin appears."""
 import os
+import shutil
 import time
 
 import pytest
@@ -204,3 +205,18 @@ def test_clean_shutdown_drains_the_outgoing_stream_to_the_twin(make_pair):
         assert items(p.b) == total, "lost at shutdown (round %d)" % round_
         assert p.a.log_matches(r"the twin has everything", since), p.a.log_tail()
         p.a.start()
+
+
+def test_catch_up_includes_sessions_held_only_on_disk(make_pair):
+    """A data set larger than -m: most of A's sessions live only on its disk.
+    B, restarted on an empty data dir, still gets every one before serving."""
+    p = make_pair(data_dir=True, extra=("-m", "8"))
+    n = 20_000
+    fill(p.a, n, prefix=b"big:", value=b"b" * 1000)
+    keys = [b"big:%d" % i for i in range(n)]
+    assert int(p.a.stats()["curr_items"]) < n, "the test needs items that are only on disk"
+    hammer_until_caught_up(p.b, keys)
+    p.b.kill9()
+    shutil.rmtree(p.b.data_dir)
+    p.b.start(serving=False)
+    hammer_until_caught_up(p.b, keys)

@@ -480,6 +480,47 @@ impl Disk {
             .map_err(|e| e.to_string())
     }
 
+    /// Item records after the item key `after` (from the first when empty),
+    /// in key order: those whose version is above `floor`, at most `max` of
+    /// them, visiting at most `visit` records. Returns them with the key to
+    /// resume after, or None when the last item was visited.
+    #[allow(clippy::type_complexity)]
+    pub fn scan_items(
+        &self,
+        after: &[u8],
+        floor: u64,
+        max: usize,
+        visit: usize,
+    ) -> Result<(Vec<(sled::IVec, sled::IVec)>, Option<Vec<u8>>), String> {
+        use std::ops::Bound;
+        let g = self.read();
+        let db = g
+            .as_ref()
+            .ok_or_else(|| "the data set is closed after an I/O error".to_string())?;
+        let start = if after.is_empty() {
+            Bound::Included(vec![record::ITEM_PREFIX])
+        } else {
+            Bound::Excluded(record::item_key(after))
+        };
+        let end = Bound::Excluded(vec![record::ITEM_PREFIX + 1]);
+        contain_sled_panic("scanning items", || {
+            let mut out = Vec::new();
+            let mut last: Option<Vec<u8>> = None;
+            for (n, kv) in db.range::<Vec<u8>, _>((start, end)).enumerate() {
+                if n >= visit || out.len() >= max {
+                    return Ok((out, last));
+                }
+                let (k, v) = kv.map_err(|e| e.to_string())?;
+                last = Some(k[1..].to_vec());
+                let header = record::decode_header(&v).map_err(|e| e.to_string())?;
+                if header.version > floor {
+                    out.push((k, v));
+                }
+            }
+            Ok((out, None))
+        })?
+    }
+
     /// Close sled and open it again (after an I/O error left it unusable:
     /// sled 0.34 latches the first write error for the life of the handle).
     /// Runs `after` on the new handle before any reader can see it.

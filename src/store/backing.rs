@@ -25,6 +25,13 @@ pub struct Persisted {
     pub seq: u64,
 }
 
+/// One step of [`Backing::scan`].
+#[derive(Debug, Default)]
+pub struct BackingScan {
+    pub items: Vec<(bytes::Bytes, Persisted)>,
+    pub next: Option<bytes::Bytes>,
+}
+
 /// Why a backing read failed. The store treats it as a miss (and counts it):
 /// the request path has no error reply for reads.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -37,6 +44,12 @@ pub trait Backing: Send + Sync + std::fmt::Debug {
     /// decides liveness). Called with the key's shard lock held; must not call
     /// back into the store.
     fn fetch(&self, key: &[u8]) -> Result<Option<Persisted>, BackingError>;
+
+    /// Persisted items and tombstones whose version is above `floor`, in key
+    /// order after the key `after` (from the first when empty), about `max`
+    /// of them: (key, item) pairs and the key to resume after, None at the
+    /// end. Not called with a shard lock held.
+    fn scan(&self, after: &[u8], floor: u64, max: usize) -> Result<BackingScan, BackingError>;
 
     /// The highest sequence number whose record [`Backing::fetch`] reflects.
     fn applied_seq(&self) -> u64;

@@ -58,7 +58,7 @@ mod item;
 pub mod pages;
 mod table;
 
-pub use backing::{Backing, BackingError, Persisted};
+pub use backing::{Backing, BackingError, BackingScan, Persisted};
 pub use item::{Bits, Item, ItemView, INLINE_MAX};
 
 use crate::mutation::{FlushSpec, ItemState, Mutation, MutationStream, Op};
@@ -173,11 +173,14 @@ pub enum Applied {
     NoMemory,
 }
 
-/// Where [`Store::scan`] resumes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Where [`Store::scan`] resumes: a RAM shard and bucket, then (when RAM does
+/// not hold the whole persisted data set) the last key visited on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScanCursor {
     pub shard: usize,
     pub bucket: usize,
+    /// Some: the disk phase, resuming after this key (empty: from the first).
+    pub disk: Option<Bytes>,
 }
 
 /// Tombstone bookkeeping, for stats.
@@ -1387,13 +1390,19 @@ impl Store {
         Applied::Applied
     }
 
-    /// The twin's catch-up scan: items and tombstones in RAM with a version
-    /// above `floor`, as records (`Store` with the item, `Delete` for a
-    /// tombstone; the current flush state first when it is newer than
-    /// `floor`), about `max` per call. Resume from the returned cursor; `None`
-    /// means the table has been walked. Items only on disk (a data set larger
-    /// than `-m`) are not visited. Flushed items are skipped: the flush
-    /// travels itself.
+    /// The twin's catch-up scan: items and tombstones with a version above
+    /// `floor`, as records (`Store` with the item, `Delete` for a tombstone;
+    /// the current flush state first when it is newer than `floor`), about
+    /// `max` per call. Resume from the returned cursor; `None` means
+    /// everything has been visited. Flushed and expired items are skipped:
+    /// the flush travels itself.
+    ///
+    /// First RAM, bucket by bucket; then, when RAM does not hold the whole
+    /// persisted data set (`-m` smaller than it), every key on disk, shipped
+    /// as it is *now*: from RAM if it is there, else from disk. A key that
+    /// moves between RAM and disk while the scan runs (evicted, or read back)
+    /// is therefore seen by one phase or the other; one held in both may be
+    /// shipped twice, which the conflict rule makes harmless.
     pub fn scan(
         &self,
         from: ScanCursor,
@@ -1414,6 +1423,9 @@ impl Store {
                 flush: Some(spec),
             }));
         }
+        if let Some(after) = &from.disk {
+            return self.scan_disk(after, floor, max, now, out);
+        }
         let shards = self.table.shard_count();
         let mut at = from;
         while out.len() < max.max(1) && at.shard < shards {
@@ -1427,14 +1439,94 @@ impl Store {
                 Some(bucket) => ScanCursor {
                     shard: at.shard,
                     bucket,
+                    disk: None,
                 },
                 None => ScanCursor {
                     shard: at.shard + 1,
                     bucket: 0,
+                    disk: None,
                 },
             };
         }
-        (out, (at.shard < shards).then_some(at))
+        if at.shard < shards {
+            return (out, Some(at));
+        }
+        // RAM is walked; the disk holds more only when RAM is incomplete.
+        let disk = self.reads_through().then(|| ScanCursor {
+            disk: Some(Bytes::new()),
+            ..ScanCursor::default()
+        });
+        (out, disk)
+    }
+
+    /// The disk phase of [`Store::scan`]: persisted keys after `after`.
+    fn scan_disk(
+        &self,
+        after: &Bytes,
+        floor: u64,
+        max: usize,
+        now: u32,
+        mut out: Vec<Arc<Mutation>>,
+    ) -> (Vec<Arc<Mutation>>, Option<ScanCursor>) {
+        let Some(backing) = self.backing.get() else {
+            return (out, None);
+        };
+        let step = match backing.scan(after, floor, max.max(1)) {
+            Ok(s) => s,
+            Err(e) => {
+                self.stats.bump(|c| &c.store_io_error);
+                tracing::error!(
+                    "the twin's catch-up scan cannot read the data set ({e}): items held only on \
+                     disk after this point are not sent"
+                );
+                return (out, None);
+            }
+        };
+        for (key, p) in step.items {
+            if let Some(m) = self.current_record(&key, p, floor, now) {
+                out.push(Arc::new(m));
+            }
+        }
+        let next = step.next.map(|k| ScanCursor {
+            disk: Some(k),
+            ..ScanCursor::default()
+        });
+        (out, next)
+    }
+
+    /// The record for `key` as the store holds it now: RAM's item or
+    /// tombstone when RAM has the key, else the persisted `p` (unless RAM
+    /// removed it since, or it is dead). None when there is nothing newer
+    /// than `floor` to ship.
+    fn current_record(&self, key: &[u8], p: Persisted, floor: u64, now: u32) -> Option<Mutation> {
+        let in_ram = self.table.read(key, |cur| {
+            cur.map(|it| {
+                (it.version() > floor && self.dead(it, now) != Some(Dead::Flushed))
+                    .then(|| Self::record_of(it))
+            })
+        });
+        if let Some(ram) = in_ram {
+            return ram;
+        }
+        if let Some(removed_at) = self.unsettled.get(key).map(|r| *r) {
+            if self
+                .backing
+                .get()
+                .is_some_and(|b| removed_at > b.applied_seq())
+            {
+                return None;
+            }
+        }
+        let item = Item::new(NewItem {
+            key,
+            state: p.state,
+            seq: p.seq,
+            now,
+        });
+        match self.dead(&item, now) {
+            None | Some(Dead::Tombstone) if item.version() > floor => Some(Self::record_of(&item)),
+            _ => None,
+        }
     }
 
     /// An item (or tombstone) as the record that would recreate it.

@@ -466,7 +466,7 @@ fn ship_scan_chunk<W>(node: &Node, wr: &mut FrameWriter<W>, s: &mut Sender) {
     let Some(scan) = s.scan.as_mut() else {
         return;
     };
-    let (cursor, floor, max) = (scan.cursor, scan.floor, node.cfg.scan_chunk);
+    let (cursor, floor, max) = (scan.cursor.clone(), scan.floor, node.cfg.scan_chunk);
     let store = &node.store;
     let (chunk, next) = blocking(|| store.scan(cursor, floor, max));
     let st = &node.stats;

@@ -266,6 +266,7 @@ impl TwinStore for FakeStore {
         let next = (idx < t.keys.len()).then_some(ScanCursor {
             shard: 0,
             bucket: idx,
+            disk: None,
         });
         (out, next)
     }

@@ -517,7 +517,11 @@ async fn drain_returns_once_the_twin_applied_everything() {
         p.a.set(format!("d{i}").as_bytes(), &[b'x'; 200]);
     }
     assert!(p.ta.drain(Duration::from_secs(10)).await, "drained");
-    assert_eq!(p.b.len(), 20_000, "the twin applied everything before drain returned");
+    assert_eq!(
+        p.b.len(),
+        20_000,
+        "the twin applied everything before drain returned"
+    );
     assert!(!up(&p.ta));
     // Draining refuses new links: the twin's redials do not bring it back.
     tokio::time::sleep(Duration::from_millis(300)).await;
