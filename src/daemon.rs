@@ -256,7 +256,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let twin = match &settings.replication {
         Some(r) => {
             let history = persist.as_ref().map_or(0, |p| p.state().history_id());
-            let t = start_twin(r, &settings, &engine, history, shared.readiness.clone()).await?;
+            // After a clean restart: what the disk holds from the twin, so
+            // the twin scans only above it (a partial catch-up).
+            let resume = match (&persist, &settings.persist) {
+                (Some(_), Some(cfg)) => crate::twin::resume::take(&cfg.dir, history),
+                _ => Vec::new(),
+            };
+            if !resume.is_empty() {
+                tracing::info!("twin: resuming from the points kept at the last clean shutdown");
+            }
+            let t = start_twin(
+                r,
+                &settings,
+                &engine,
+                history,
+                shared.readiness.clone(),
+                resume,
+            )
+            .await?;
             tracing::info!(
                 "twin replication: node id {node_id} ({}), listening on {}, peer {}",
                 node_id_source.describe(),
@@ -283,19 +300,30 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     notifier.notify("STOPPING=1");
     // Clients are gone: hand the twin what it does not have yet (bounded),
     // then stop applying its records before the disk writer drains.
+    let mut resume = None;
     if let Some(t) = twin {
         t.drain(TWIN_DRAIN_BOUND).await;
+        // Final: no link forms while draining (a lower point is always safe).
+        resume = Some(t.positions());
         t.stop().await;
     }
     if let Some(p) = persist {
         // Everything the server accepted is in the stream: drain and sync it.
         let store = engine.store();
         let count = store.is_complete().then(|| store.len() as u64);
-        if tokio::task::spawn_blocking(move || p.shutdown_with_count(count))
-            .await
-            .is_err()
-        {
-            tracing::error!("persistence shutdown failed");
+        let history = p.state().history_id();
+        match tokio::task::spawn_blocking(move || p.shutdown_with_count(count)).await {
+            Err(_) | Ok(false) => tracing::error!("persistence shutdown failed"),
+            // Only now does the disk hold everything the points claim.
+            Ok(true) => {
+                if let (Some(points), Some(cfg)) = (resume, &settings.persist) {
+                    if let Err(e) = crate::twin::resume::save(&cfg.dir, history, &points) {
+                        tracing::warn!(
+                            "cannot keep the twin resume points ({e}): the next start gets a full scan"
+                        );
+                    }
+                }
+            }
         }
     }
     if let Some(p) = &settings.pidfile {
@@ -379,11 +407,13 @@ async fn start_twin(
     engine: &Arc<Engine>,
     history_id: u128,
     readiness: Arc<crate::twin::Readiness>,
+    resume: Vec<crate::protocol::twin::Position>,
 ) -> anyhow::Result<crate::twin::Twin> {
     use crate::twin::{Twin, TwinConfig};
     let mut cfg = TwinConfig::new(r.listen, r.peer.clone(), r.secret.clone());
     cfg.readiness = readiness;
     cfg.peer_wait = r.peer_wait;
+    cfg.resume = resume;
     cfg.history_id = history_id;
     cfg.max_clock_skew = r.max_clock_skew;
     cfg.queue_bytes = r.queue_bytes;

@@ -220,3 +220,37 @@ def test_catch_up_includes_sessions_held_only_on_disk(make_pair):
     shutil.rmtree(p.b.data_dir)
     p.b.start(serving=False)
     hammer_until_caught_up(p.b, keys)
+
+
+def test_clean_restart_with_data_dir_resumes_instead_of_rescanning(make_pair):
+    """After a clean stop, B's disk holds what the twin had sent: A scans only
+    above B's kept resume point, not its whole table. After kill -9 there is
+    no kept point (it could claim what the disk lost), so A scans again."""
+    p = make_pair(data_dir=True)
+    n = 20_000
+    fill(p.a, n, prefix=b"kept:")
+    assert wait_until(lambda: items(p.b) == n, timeout=60)
+    # Move B's resume point past the fill's versions plus the 2 s margin.
+    time.sleep(2.5)
+    p.a.connect().store("set", b"tick", b"1")
+    converged(p.a, p.b, b"tick")
+    time.sleep(0.1)
+    assert p.b.stop() == 0, p.b.log_tail()
+    assert os.path.exists(os.path.join(p.b.data_dir, "TWIN_RESUME"))
+    fill(p.a, 100, prefix=b"while-down:")
+    scanned = int(p.a.stat("scan_records") or 0)
+    p.b.start()
+    keys = [b"kept:%d" % i for i in range(n)] + [b"while-down:%d" % i for i in range(100)]
+    hammer_until_caught_up(p.b, keys)
+    assert wait_until(lambda: p.a.link_up() and p.b.link_up(), timeout=15)
+    resumed = int(p.a.stat("scan_records")) - scanned
+    assert 100 <= resumed < 1000, "A scanned %d records for a restart that missed 100" % resumed
+    assert p.b.log_matches(r"resuming from the points kept")
+    assert not os.path.exists(os.path.join(p.b.data_dir, "TWIN_RESUME")), "used once"
+    # kill -9: no point kept, a full scan (idempotent: nothing changes on B).
+    p.b.kill9()
+    scanned = int(p.a.stat("scan_records"))
+    p.b.start()
+    assert wait_until(lambda: p.a.link_up() and p.b.link_up(), timeout=15)
+    assert wait_until(lambda: int(p.a.stat("scan_records")) - scanned >= n, timeout=30)
+    assert items(p.b) == n + 101

@@ -58,6 +58,8 @@ STAT = {
     "queue_bytes": "repl_queue_bytes",
     "queue_overflows": "repl_queue_overflows",
     "reconnects": "repl_reconnects",
+    "scans": "repl_scans",
+    "scan_records": "repl_scan_records",
     "auth_failures": "repl_auth_failures",
 }
 LINK_UP = "up"

@@ -376,21 +376,25 @@ impl Running {
     /// Call after the server stopped taking requests. `items` is the live item
     /// count when known exactly (RAM holds everything), recorded so the next
     /// warm restart can show its progress in percent.
-    pub fn shutdown_with_count(self, items: Option<u64>) {
+    /// Returns whether everything ended on disk (the writer finished and the
+    /// data set stayed healthy).
+    pub fn shutdown_with_count(self, items: Option<u64>) -> bool {
         if let Some(n) = items {
             self.state.final_items.store(n, Ordering::SeqCst);
         }
-        self.shutdown();
+        self.shutdown()
     }
 
     /// [`Running::shutdown_with_count`] without a count.
-    pub fn shutdown(mut self) {
+    pub fn shutdown(mut self) -> bool {
         self.state.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 tracing::error!("the persistence writer panicked");
+                return false;
             }
         }
+        self.state.is_healthy()
     }
 }
 

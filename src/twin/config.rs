@@ -60,6 +60,9 @@ pub struct TwinConfig {
     pub readiness: Arc<Readiness>,
     /// How long to stay gated while the twin cannot be reached (`--peer-wait`).
     pub peer_wait: PeerWait,
+    /// Per origin, what the data dir holds from it (read from
+    /// [`super::resume`] after a clean restart): the twin scans only above.
+    pub resume: Vec<crate::protocol::twin::Position>,
 }
 
 /// Default of `--peer-wait`: long enough for a twin that restarts with it
@@ -88,6 +91,7 @@ impl TwinConfig {
             resume_margin_ms: 2000,
             readiness: Arc::new(Readiness::gated()),
             peer_wait: PeerWait::For(DEFAULT_PEER_WAIT),
+            resume: Vec::new(),
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod handshake;
 pub mod node_id;
 pub mod outbox;
 pub mod readiness;
+pub mod resume;
 pub mod session;
 pub mod stats;
 pub mod supervisor;

@@ -52,7 +52,7 @@ impl Node {
         self.store.hlc().node()
     }
 
-    fn positions(&self) -> Vec<Position> {
+    pub fn positions(&self) -> Vec<Position> {
         let mut v: Vec<Position> = lock(&self.positions).values().copied().collect();
         v.sort_by_key(|p| p.origin);
         v

@@ -61,6 +61,7 @@ pub struct Twin {
     stats: Arc<TwinStats>,
     readiness: Arc<super::Readiness>,
     draining: CancellationToken,
+    node: Arc<Node>,
     listen: SocketAddr,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -87,14 +88,16 @@ impl Twin {
         stats.set_gauge(outbox.gauge.clone());
         stats.set_readiness(cfg.readiness.clone());
         let readiness = cfg.readiness.clone();
+        let resumed = cfg.resume.iter().map(|p| (p.origin, *p)).collect();
         let node = Arc::new(Node {
             store,
             cfg,
             stats: stats.clone(),
-            positions: Mutex::new(Default::default()),
+            positions: Mutex::new(resumed),
             draining: CancellationToken::new(),
         });
         let draining = node.draining.clone();
+        let shared_node = node.clone();
         let cancel = CancellationToken::new();
         let (offer_tx, offer_rx) = mpsc::channel(4);
         let (up_tx, up_rx) = watch::channel(false);
@@ -119,10 +122,17 @@ impl Twin {
             stats,
             readiness,
             draining,
+            node: shared_node,
             listen,
             cancel,
             tasks,
         })
+    }
+
+    /// Per origin, what this node holds from it (what it presents at the
+    /// next link-up; kept across a clean restart by [`super::resume`]).
+    pub fn positions(&self) -> Vec<crate::protocol::twin::Position> {
+        self.node.positions()
     }
 
     /// Whether clients may be answered yet (shared with every session).
