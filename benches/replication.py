@@ -84,6 +84,8 @@ class Setup:
         self.o, self.kind = o, kind
         self.dir = tempfile.mkdtemp(prefix="memtwin-replbench-%s-" % kind, dir=o.workdir)
         extra = ["-t", "2", "-m", "1024", "-c", "4096"]
+        if kind == "ack":
+            extra += ["--replication-ack"]
         if kind == "single" or o.dry_run:
             self.a = twinlib.Node(o.bin, "127.0.0.2", self.dir, "single", replicate=False, extra=extra)
             self.nodes, self.pair = [self.a], None
@@ -148,6 +150,42 @@ def throughput(o):
                                            for r in reps),
             "p99_ratio": statistics.median(r["twin"]["lat_us"]["p99"] / max(r["single"]["lat_us"]["p99"], 1e-9)
                                            for r in reps),
+        }
+    return out
+
+
+def ack_cost(o):
+    """--replication-ack against asynchronous replication, same workload (100 %
+    set), alternating order: what waiting for the twin costs a write."""
+    reps = []
+    for rep in range(o.reps):
+        order = ["twin", "ack"] if rep % 2 == 0 else ["ack", "twin"]
+        res = {}
+        for kind in order:
+            with Setup(o, kind) as s:
+                preload(o, s.a)
+                for conns in (1, 50):
+                    r = loadgen(o.loadgen, s.a, WORKLOADS["write"][1] + [
+                        "--conns", str(conns), "--duration", str(o.tp_seconds), "--warmup", "1",
+                        "--keys", "10000"], watch=[n.pid for n in s.nodes])
+                    res[(kind, conns)] = r
+                    log("[rep %d] ack-cost %-4s %2d conns %9.0f ops/s p50 %6.0f us p99 %6.0f us" % (
+                        rep + 1, kind, conns, r["ops_per_sec"], r["lat_us"]["p50"], r["lat_us"]["p99"]))
+                timeouts = s.a.stat_int("ack_timeouts") if kind == "ack" else 0
+                res[(kind, "timeouts")] = timeouts or 0
+        reps.append(res)
+    out = {}
+    for conns in (1, 50):
+        ratio = lambda f: statistics.median(f(r[("ack", conns)]) / max(f(r[("twin", conns)]), 1e-9) for r in reps)
+        out[conns] = {
+            "async_ops": statistics.median(r[("twin", conns)]["ops_per_sec"] for r in reps),
+            "ack_ops": statistics.median(r[("ack", conns)]["ops_per_sec"] for r in reps),
+            "ops_ratio": ratio(lambda x: x["ops_per_sec"]),
+            "p50_ratio": ratio(lambda x: x["lat_us"]["p50"]),
+            "p99_ratio": ratio(lambda x: x["lat_us"]["p99"]),
+            "ack_p50_us": statistics.median(r[("ack", conns)]["lat_us"]["p50"] for r in reps),
+            "ack_p99_us": statistics.median(r[("ack", conns)]["lat_us"]["p99"] for r in reps),
+            "timeouts": sum(r[("ack", "timeouts")] for r in reps),
         }
     return out
 
@@ -279,6 +317,17 @@ def fmt(x, d=2):
     return "–" if x is None else "%.*f" % (d, x)
 
 
+def markdown_ack(ac):
+    lines = ["", "`--replication-ack` against asynchronous replication (100 % set, 100 B):", "",
+             "| conns | async ops/s | ack ops/s | **ack/async ops** | ack/async p50 | ack/async p99 | ack p50 / p99 us | ack timeouts |",
+             "|---|---|---|---|---|---|---|---|"]
+    for conns, r in ac.items():
+        lines.append("| %d | %.0f | %.0f | **%s** | %s | %s | %.0f / %.0f | %d |" % (
+            conns, r["async_ops"], r["ack_ops"], fmt(r["ops_ratio"]), fmt(r["p50_ratio"]),
+            fmt(r["p99_ratio"]), r["ack_p50_us"], r["ack_p99_us"], r["timeouts"]))
+    return "\n".join(lines)
+
+
 def markdown(tp, lg, lb, o):
     lines = ["## Twin replication cost (%s, %s, %d rep(s), throughput runs %d s, lag phases %d s)"
              % ("dry run: both nodes are one standalone server" if o.dry_run else "memtwin pair",
@@ -323,6 +372,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench-replication"))
     ap.add_argument("--pin", action="store_true",
                     help="node A on CPU 0, its twin and the load generator on CPU 1 (default: unpinned)")
+    ap.add_argument("--ack-only", action="store_true",
+                    help="only the --replication-ack cost (against asynchronous replication)")
     ap.add_argument("--dry-run", action="store_true",
                     help="no twin: 'pair' = one standalone node (tests this script's plumbing)")
     o = ap.parse_args()
@@ -343,13 +394,20 @@ def main():
     os.makedirs(o.out, exist_ok=True)
     o.workdir = tempfile.mkdtemp(prefix="run-", dir=o.out)
     t0 = time.monotonic()
-    tp = throughput(o)
-    lg = lag(o, tp["write"]["twin_ops"])
-    lb = link_bytes(o)
-    md = markdown(tp, lg, lb, o)
+    if o.ack_only:
+        tp, lg, lb, md = {}, {}, {}, ""
+    else:
+        tp = throughput(o)
+        lg = lag(o, tp["write"]["twin_ops"])
+        lb = link_bytes(o)
+        md = markdown(tp, lg, lb, o)
+    ac = {} if o.dry_run else ack_cost(o)
+    if ac:
+        md += "\n" + markdown_ack(ac)
     print(md)
     with open(os.path.join(o.workdir, "result.json"), "w") as f:
         json.dump({"throughput": tp, "lag": lg, "link_bytes": {str(k): v for k, v in lb.items()},
+                   "ack": {str(k): v for k, v in ac.items()},
                    "seconds": time.monotonic() - t0}, f, indent=2)
     with open(os.path.join(o.workdir, "result.md"), "w") as f:
         f.write(md + "\n")

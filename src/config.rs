@@ -173,6 +173,13 @@ pub struct Cli {
     /// once, "forever" = never serve without the twin).
     #[arg(long = "peer-wait", value_name = "SECS|forever")]
     pub peer_wait: Option<String>,
+    /// Answer a write only once the twin has applied it (set on both nodes).
+    #[arg(long = "replication-ack")]
+    pub replication_ack: bool,
+    /// With --replication-ack: answer anyway after this many milliseconds
+    /// without the twin's acknowledgement (default 500).
+    #[arg(long = "replication-ack-timeout", value_name = "MS")]
+    pub replication_ack_timeout: Option<u64>,
 }
 
 /// The TOML file: the same settings under their long names.
@@ -211,6 +218,8 @@ pub struct FileConfig {
     pub tombstone_ttl: Option<u64>,
     pub replication_queue_mb: Option<u64>,
     pub peer_wait: Option<PeerWaitValue>,
+    pub replication_ack: Option<bool>,
+    pub replication_ack_timeout: Option<u64>,
 }
 
 /// `peer-wait` in the TOML file: seconds, or the word "forever".
@@ -225,6 +234,9 @@ pub enum PeerWaitValue {
 pub const DEFAULT_MAX_CLOCK_SKEW_SECS: u64 = 5;
 pub const DEFAULT_TOMBSTONE_TTL_SECS: u64 = 600;
 pub const DEFAULT_REPLICATION_QUEUE_MB: u64 = 64;
+/// `--replication-ack-timeout`: well under the usual client timeouts (1 s and
+/// more), well above a healthy link's round trip (about a millisecond).
+pub const DEFAULT_REPLICATION_ACK_TIMEOUT_MS: u64 = 500;
 /// Shortest secret accepted, in bytes.
 pub const MIN_SECRET_BYTES: usize = 16;
 
@@ -238,6 +250,8 @@ pub struct ReplicationSettings {
     pub max_clock_skew: Duration,
     pub queue_bytes: usize,
     pub peer_wait: crate::twin::PeerWait,
+    /// `--replication-ack`: how long a write waits for the twin at most.
+    pub ack_timeout: Option<Duration>,
 }
 
 /// Resolved settings the daemon runs with.
@@ -333,6 +347,8 @@ pub enum ConfigError {
     ReplicationListen { addr: String, why: String },
     #[error("--peer-wait {0:?}: give seconds (0 = serve at once) or \"forever\"")]
     PeerWait(String),
+    #[error("--replication-ack-timeout needs --replication-ack")]
+    AckTimeoutWithoutAck,
     #[error("{0} need --peer (replication is off without it)")]
     ReplicationWithoutPeer(&'static str),
 }
@@ -473,6 +489,8 @@ impl Settings {
                 max_clock_skew: cli.max_clock_skew.or(file.max_clock_skew),
                 queue_mb: cli.replication_queue_mb.or(file.replication_queue_mb),
                 peer_wait: cli.peer_wait.map(PeerWaitValue::Word).or(file.peer_wait),
+                ack: cli.replication_ack || file.replication_ack.unwrap_or(false),
+                ack_timeout_ms: cli.replication_ack_timeout.or(file.replication_ack_timeout),
             },
             &listen,
             port,
@@ -525,6 +543,8 @@ struct ReplicationInput {
     max_clock_skew: Option<u64>,
     queue_mb: Option<u64>,
     peer_wait: Option<PeerWaitValue>,
+    ack: bool,
+    ack_timeout_ms: Option<u64>,
 }
 
 fn resolve_replication(
@@ -541,6 +561,9 @@ fn resolve_replication(
         }
         if input.peer_wait.is_some() {
             return Err(ConfigError::ReplicationWithoutPeer("--peer-wait"));
+        }
+        if input.ack || input.ack_timeout_ms.is_some() {
+            return Err(ConfigError::ReplicationWithoutPeer("--replication-ack"));
         }
         return Ok(None);
     };
@@ -587,6 +610,14 @@ fn resolve_replication(
         max_clock_skew: Duration::from_secs(skew),
         queue_bytes: usize::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
         peer_wait,
+        ack_timeout: match (input.ack, input.ack_timeout_ms) {
+            (false, None) => None,
+            (false, Some(_)) => return Err(ConfigError::AckTimeoutWithoutAck),
+            (true, Some(0)) => return Err(ConfigError::Zero("--replication-ack-timeout")),
+            (true, ms) => Some(Duration::from_millis(
+                ms.unwrap_or(DEFAULT_REPLICATION_ACK_TIMEOUT_MS),
+            )),
+        },
     }))
 }
 
@@ -845,6 +876,47 @@ mod tests {
         assert_eq!(r.listen, "0.0.0.0:7000".parse().expect("addr"));
         assert_eq!(r.max_clock_skew, Duration::from_secs(2));
         assert_eq!(r.queue_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn replication_ack_flags() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let secret = secret_file(dir.path(), b"0123456789abcdef0123\n");
+        let run = |extra: &[&str]| {
+            let mut v = vec![
+                "memtwin",
+                "--peer",
+                "b:12211",
+                "--replication-secret",
+                &secret,
+            ];
+            v.extend_from_slice(extra);
+            Settings::from_args(v).map(|s| s.replication.expect("on").ack_timeout)
+        };
+        assert_eq!(run(&[]).expect("ok"), None, "asynchronous by default");
+        assert_eq!(
+            run(&["--replication-ack"]).expect("ok"),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            run(&["--replication-ack", "--replication-ack-timeout", "40"]).expect("ok"),
+            Some(Duration::from_millis(40))
+        );
+        let e = run(&["--replication-ack-timeout", "40"]).expect_err("refused");
+        assert!(e.to_string().contains("needs --replication-ack"), "{e}");
+        assert!(run(&["--replication-ack", "--replication-ack-timeout", "0"]).is_err());
+        let path = dir.path().join("memtwin.toml");
+        std::fs::write(
+            &path,
+            "replication-ack = true\nreplication-ack-timeout = 75\n",
+        )
+        .expect("write");
+        assert_eq!(
+            run(&["--config", path.to_str().expect("utf8")]).expect("ok"),
+            Some(Duration::from_millis(75))
+        );
+        let e = Settings::from_args(vec!["memtwin", "--replication-ack"]).expect_err("refused");
+        assert!(e.to_string().contains("need --peer"), "{e}");
     }
 
     #[test]

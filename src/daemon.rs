@@ -174,7 +174,7 @@ pub fn raise_fd_limit(max_conns: usize) -> FdLimit {
 }
 
 /// How long a clean shutdown waits for the twin to confirm it has every
-/// write this node accepted (docs/replication.md §7.2): well inside systemd's
+/// write this node accepted (docs/replication.md §7.3): well inside systemd's
 /// default TimeoutStopSec of 90 s.
 const TWIN_DRAIN_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -414,6 +414,12 @@ async fn start_twin(
     cfg.readiness = readiness;
     cfg.peer_wait = r.peer_wait;
     cfg.resume = resume;
+    cfg.ack_timeout = r.ack_timeout;
+    if r.ack_timeout.is_some() {
+        // The twin runs with the same flag and waits on our acks: send them
+        // as soon as a batch is applied, not on the 10 ms tick.
+        cfg.ack_interval = std::time::Duration::ZERO;
+    }
     cfg.history_id = history_id;
     cfg.max_clock_skew = r.max_clock_skew;
     cfg.queue_bytes = r.queue_bytes;

@@ -215,6 +215,16 @@ pub struct AckHandle {
     acked: watch::Sender<u64>,
     healthy: AtomicBool,
     blocking: bool,
+    /// A blocking subscriber that may keep a writer waiting at most this long
+    /// (the twin under `--replication-ack`); then the writer is answered.
+    timeout: Option<std::time::Duration>,
+    /// Set while the subscriber cannot acknowledge anything (the twin link is
+    /// down): writers are answered without waiting for it.
+    waived: AtomicBool,
+    /// Waits ended by `timeout`.
+    pub timeouts: AtomicU64,
+    /// Waits skipped because the subscriber was waived.
+    pub waivers: AtomicU64,
 }
 
 /// How a subscriber takes part in writes.
@@ -224,6 +234,9 @@ pub struct SubscribeOptions {
     pub blocking: bool,
     /// While this subscriber is unhealthy, the engine refuses writes. Implied by `blocking`.
     pub gate_writes: bool,
+    /// With `blocking`: a writer waits at most this long for this subscriber,
+    /// then is answered anyway (counted in [`AckHandle::timeouts`]).
+    pub ack_timeout: Option<std::time::Duration>,
     /// Bound the queue by bytes instead of by count, and never make a publisher
     /// wait: records over the cap are dropped and counted in the
     /// [`Subscription::gauge`]. Only for non-blocking subscribers that can
@@ -257,6 +270,17 @@ impl AckHandle {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Stop (or resume) making writers wait for this subscriber; waiting
+    /// writers are woken and answered.
+    pub fn set_waived(&self, waived: bool) {
+        self.waived.store(waived, Ordering::SeqCst);
+        self.acked.send_modify(|_| {});
+    }
+
+    pub fn is_waived(&self) -> bool {
+        self.waived.load(Ordering::SeqCst)
     }
 
     pub fn acked(&self) -> u64 {
@@ -402,6 +426,7 @@ impl MutationStream {
                 gate_writes: blocking,
                 byte_cap: None,
                 local_only: false,
+                ack_timeout: None,
             },
         )
     }
@@ -421,6 +446,10 @@ impl MutationStream {
             acked,
             healthy: AtomicBool::new(true),
             blocking,
+            timeout: opts.ack_timeout.filter(|_| blocking),
+            waived: AtomicBool::new(false),
+            timeouts: AtomicU64::new(0),
+            waivers: AtomicU64::new(0),
         });
         {
             let mut sinks = lock(&self.sinks);
@@ -492,14 +521,32 @@ impl MutationStream {
         lock(&self.acks).clone()
     }
 
-    /// Wait until every blocking subscriber acknowledged `seq`.
+    /// Wait until every blocking subscriber acknowledged `seq` (a waived one
+    /// is skipped, one with a timeout is waited for at most that long).
     pub async fn wait_acked(&self, seq: u64) -> Result<(), AckError> {
         let handles = self.blocking.get();
         for h in handles.iter().filter(|h| h.blocking) {
+            if h.is_waived() {
+                h.waivers.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let mut rx = h.acked.subscribe();
-            let res = rx.wait_for(|v| *v >= seq || !h.is_healthy()).await;
+            let wait = rx.wait_for(|v| *v >= seq || !h.is_healthy() || h.is_waived());
+            let res = match h.timeout {
+                None => wait.await,
+                Some(t) => match tokio::time::timeout(t, wait).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        h.timeouts.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                },
+            };
             match res {
                 Ok(v) if *v >= seq => {}
+                Ok(_) if h.is_waived() => {
+                    h.waivers.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(_) => return Err(AckError::Unhealthy),
                 Err(_) => return Err(AckError::Closed),
             }
@@ -583,6 +630,49 @@ mod tests {
         sub.ack.set_healthy(false);
         assert!(!s.accepts_writes());
         assert_eq!(s.wait_acked(seq).await, Err(AckError::Unhealthy));
+    }
+
+    /// The twin under `--replication-ack`: lossy queue, writers wait for it
+    /// at most the timeout, and not at all while it is waived (link down).
+    #[tokio::test]
+    async fn a_bounded_blocking_subscriber_times_out_and_can_be_waived() {
+        let s = Arc::new(MutationStream::new());
+        let twin = s.subscribe_with(
+            1,
+            SubscribeOptions {
+                byte_cap: Some(1 << 20),
+                blocking: true,
+                ack_timeout: Some(std::time::Duration::from_millis(50)),
+                ..Default::default()
+            },
+        );
+        assert!(s.must_wait());
+        let seq = s.publish(rec);
+        // Acknowledged: answered at once.
+        twin.ack.ack(seq);
+        assert_eq!(s.wait_acked(seq).await, Ok(()));
+        // Never acknowledged: answered after the timeout, counted.
+        let seq = s.publish(rec);
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(s.wait_acked(seq).await, Ok(()));
+        assert!(t0.elapsed() >= std::time::Duration::from_millis(50));
+        assert_eq!(twin.ack.timeouts.load(Ordering::Relaxed), 1);
+        // Waived while waiting: the waiter is released, counted.
+        let seq = s.publish(rec);
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move { s.wait_acked(seq).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        twin.ack.set_waived(true);
+        assert_eq!(waiter.await.expect("join"), Ok(()));
+        // Waived: no wait at all.
+        let seq = s.publish(rec);
+        assert_eq!(s.wait_acked(seq).await, Ok(()));
+        assert_eq!(twin.ack.waivers.load(Ordering::Relaxed), 2);
+        assert_eq!(twin.ack.timeouts.load(Ordering::Relaxed), 1);
+        assert!(s.accepts_writes(), "a waived twin never refuses writes");
     }
 
     #[test]
@@ -694,6 +784,7 @@ mod tests {
                 gate_writes: true,
                 byte_cap: None,
                 local_only: false,
+                ack_timeout: None,
             },
         );
         assert!(!s.must_wait());

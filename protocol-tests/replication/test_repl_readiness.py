@@ -205,6 +205,18 @@ def test_clean_shutdown_drains_the_outgoing_stream_to_the_twin(make_pair):
         assert items(p.b) == total, "lost at shutdown (round %d)" % round_
         assert p.a.log_matches(r"the twin has everything", since), p.a.log_tail()
         p.a.start()
+    # A stalled link (here a proxy that buffers and never delivers) is not a
+    # receipt: A waits for the twin's answer to its fence, up to the bound,
+    # and says it could not confirm (a TCP-level FIN would have been answered
+    # by the proxy).
+    assert wait_until(lambda: p.a.link_up() and p.b.link_up(), timeout=15)
+    p.link.pause()
+    p.a.connect().store("set", b"unconfirmed", b"x")
+    since = p.a.log_size()
+    assert p.a.stop(wait=30) == 0, p.a.log_tail()
+    assert not p.a.log_matches(r"the twin has everything", since), p.a.log_tail()
+    assert p.a.log_matches(r"did not confirm everything", since), p.a.log_tail()
+    p.link.resume()
 
 
 def test_catch_up_includes_sessions_held_only_on_disk(make_pair):
@@ -254,3 +266,56 @@ def test_clean_restart_with_data_dir_resumes_instead_of_rescanning(make_pair):
     assert wait_until(lambda: p.a.link_up() and p.b.link_up(), timeout=15)
     assert wait_until(lambda: int(p.a.stat("scan_records")) - scanned >= n, timeout=30)
     assert items(p.b) == n + 101
+
+
+def test_replication_ack_answers_a_write_once_the_twin_has_it(make_pair):
+    """--replication-ack: STORED means the twin holds it; a stalled link
+    answers after the timeout (counted); a cut link answers at once."""
+    p = make_pair(proxy=True, extra=("--replication-ack", "--replication-ack-timeout", "300"))
+    assert p.a.stat("ack") == "1"
+    a, b = p.a.connect(), p.b.connect()
+    try:
+        for i in range(300):
+            k = b"acked:%d" % i
+            assert a.store("set", k, b"v%d" % i) == b"STORED"
+            assert b.mg(k) is not None, "STORED on A but not yet on B (write %d)" % i
+            assert b.cmd("delete " + k.decode()) == b"DELETED"
+            assert a.mg(k) is None, "DELETED on B but still on A (write %d)" % i
+        assert int(p.a.stat("ack_timeouts")) == 0
+        # The link stalls (nothing is lost, nothing acknowledged): answered
+        # after the timeout.
+        p.link.pause()
+        t0 = time.monotonic()
+        assert a.store("set", b"stalled", b"x") == b"STORED"
+        waited = time.monotonic() - t0
+        assert 0.25 <= waited < 5, waited
+        assert int(p.a.stat("ack_timeouts")) >= 1
+        p.link.resume()
+        converged(p.a, p.b, b"stalled")
+        # The link is cut: nothing can acknowledge, writes are answered at once.
+        p.link.cut()
+        assert wait_until(lambda: not p.a.link_up(), timeout=15)
+        t0 = time.monotonic()
+        for i in range(20):
+            assert a.store("set", b"cut:%d" % i, b"x") == b"STORED"
+        assert time.monotonic() - t0 < 2
+        assert int(p.a.stat("ack_skipped")) >= 20
+    finally:
+        a.close()
+        b.close()
+
+
+def test_without_replication_ack_the_twin_may_lag(make_pair):
+    """The control for the test above: asynchronous replication answers
+    before the twin has the write, so some immediate reads on B miss."""
+    p = make_pair(proxy=True)
+    p.link.pause()
+    a, b = p.a.connect(), p.b.connect()
+    try:
+        assert a.store("set", b"async", b"v") == b"STORED"
+        assert b.mg(b"async") is None, "the write should not have crossed a paused link"
+    finally:
+        a.close()
+        b.close()
+    p.link.resume()
+    converged(p.a, p.b, b"async")

@@ -59,6 +59,9 @@ STAT = {
     "queue_overflows": "repl_queue_overflows",
     "reconnects": "repl_reconnects",
     "scans": "repl_scans",
+    "ack": "repl_ack",                      # 1 with --replication-ack
+    "ack_timeouts": "repl_ack_timeouts",
+    "ack_skipped": "repl_ack_skipped",
     "scan_records": "repl_scan_records",
     "auth_failures": "repl_auth_failures",
 }

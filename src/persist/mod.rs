@@ -331,6 +331,7 @@ impl Persistence {
                 gate_writes: true,
                 byte_cap: None,
                 local_only: false,
+                ack_timeout: None,
             },
         );
         let _ = self.state.queue.set(sub.rx.clone());

@@ -81,6 +81,8 @@ pub mod kind {
     pub const ACK: u8 = 6;
     pub const PING: u8 = 7;
     pub const SYNCED: u8 = 8;
+    pub const FENCE: u8 = 9;
+    pub const FENCE_ACK: u8 = 10;
 }
 
 /// Record tags (a record's first byte).
@@ -225,6 +227,16 @@ pub enum Frame {
         origin: u16,
         version: u64,
     },
+    /// From a sender about to close (clean shutdown): answer with
+    /// [`Frame::FenceAck`] once every frame before this one is applied. An
+    /// application-level receipt: a TCP FIN may be answered by a proxy.
+    Fence {
+        token: u64,
+    },
+    /// Everything before the [`Frame::Fence`] with this token is applied.
+    FenceAck {
+        token: u64,
+    },
 }
 
 impl Frame {
@@ -238,6 +250,8 @@ impl Frame {
             Frame::Ack { .. } => kind::ACK,
             Frame::Ping { .. } => kind::PING,
             Frame::Synced { .. } => kind::SYNCED,
+            Frame::Fence { .. } => kind::FENCE,
+            Frame::FenceAck { .. } => kind::FENCE_ACK,
         }
     }
 }
@@ -288,6 +302,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u64_le(*seq);
         }
         Frame::Ping { wall_ms } => out.put_u64_le(*wall_ms),
+        Frame::Fence { token } | Frame::FenceAck { token } => out.put_u64_le(*token),
         Frame::Synced { origin, version } => {
             out.put_u16_le(*origin);
             out.put_u64_le(*version);
@@ -513,6 +528,12 @@ fn decode_payload(kind: u8, r: &mut Reader) -> Result<Frame, FrameError> {
         kind::SYNCED => Ok(Frame::Synced {
             origin: r.u16("short synced")?,
             version: r.u64("short synced")?,
+        }),
+        kind::FENCE => Ok(Frame::Fence {
+            token: r.u64("short fence")?,
+        }),
+        kind::FENCE_ACK => Ok(Frame::FenceAck {
+            token: r.u64("short fence ack")?,
         }),
         other => Err(FrameError::UnknownKind(other)),
     }
@@ -845,6 +866,8 @@ mod tests {
                 origin: 4095,
                 version: u64::MAX,
             },
+            Frame::Fence { token: 7 },
+            Frame::FenceAck { token: u64::MAX },
         ]
     }
 
@@ -1289,6 +1312,8 @@ mod tests {
             any::<u64>().prop_map(|wall_ms| Frame::Ping { wall_ms }),
             (any::<u16>(), any::<u64>())
                 .prop_map(|(origin, version)| Frame::Synced { origin, version }),
+            any::<u64>().prop_map(|token| Frame::Fence { token }),
+            any::<u64>().prop_map(|token| Frame::FenceAck { token }),
         ]
     }
 

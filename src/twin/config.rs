@@ -63,6 +63,9 @@ pub struct TwinConfig {
     /// Per origin, what the data dir holds from it (read from
     /// [`super::resume`] after a clean restart): the twin scans only above.
     pub resume: Vec<crate::protocol::twin::Position>,
+    /// `--replication-ack`: a write is answered once the twin applied it, or
+    /// after this long (`--replication-ack-timeout`). None: asynchronous.
+    pub ack_timeout: Option<Duration>,
 }
 
 /// Default of `--peer-wait`: long enough for a twin that restarts with it
@@ -92,6 +95,7 @@ impl TwinConfig {
             readiness: Arc::new(Readiness::gated()),
             peer_wait: PeerWait::For(DEFAULT_PEER_WAIT),
             resume: Vec::new(),
+            ack_timeout: None,
         }
     }
 }

@@ -9,19 +9,23 @@ use crate::engine::Engine;
 use crate::mutation::{Mutation, SubscribeOptions, Subscription};
 use crate::version::Hlc;
 use std::sync::Arc;
+use std::time::Duration;
 
 impl TwinStore for Engine {
     fn hlc(&self) -> &Hlc {
         self.store().hlc()
     }
 
-    fn subscribe(&self, byte_cap: usize) -> Subscription {
+    fn subscribe(&self, byte_cap: usize, ack_timeout: Option<Duration>) -> Subscription {
         self.stream().subscribe_with(
             1,
             SubscribeOptions {
                 byte_cap: Some(byte_cap.max(1)),
                 // Records applied from the twin are never shipped back.
                 local_only: true,
+                // --replication-ack: writers wait for the twin (bounded).
+                blocking: ack_timeout.is_some(),
+                ack_timeout,
                 ..Default::default()
             },
         )

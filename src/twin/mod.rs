@@ -58,8 +58,9 @@ pub use supervisor::Twin;
 pub trait TwinStore: Send + Sync + 'static {
     /// This node's clock; `hlc().node()` is the node id. Apply paths call `observe` themselves.
     fn hlc(&self) -> &Hlc;
-    /// A lossy byte-capped subscription to the local mutation stream (the link ships only `m.is_shipped()` records).
-    fn subscribe(&self, byte_cap: usize) -> Subscription;
+    /// A lossy byte-capped subscription to the local mutation stream (the link ships only `m.is_shipped()` records);
+    /// with `ack_timeout`, blocking: writers wait (at most that long) for the twin's acknowledgement.
+    fn subscribe(&self, byte_cap: usize, ack_timeout: Option<std::time::Duration>) -> Subscription;
     /// Apply a record received from the twin under the conflict rule (`version::wins`), publishing it locally with remote = true.
     fn apply_remote(&self, m: &Mutation) -> Applied;
     /// Items and tombstones in the table with version > floor, about `max` per call, resumable: (records, next cursor or None when done).

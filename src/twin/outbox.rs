@@ -20,6 +20,8 @@ pub struct Outbox {
     pub gauge: Arc<QueueGauge>,
     pending: std::collections::VecDeque<Arc<Mutation>>,
     bridge: Option<std::thread::JoinHandle<()>>,
+    /// Highest sequence number taken so far.
+    taken: u64,
 }
 
 impl Outbox {
@@ -37,6 +39,7 @@ impl Outbox {
             gauge,
             pending: Default::default(),
             bridge: Some(bridge),
+            taken: 0,
         })
     }
 
@@ -64,7 +67,13 @@ impl Outbox {
         }
         let m = self.pending.pop_front()?;
         self.gauge.consumed(&m);
+        self.taken = self.taken.max(m.seq);
         Some(m)
+    }
+
+    /// Highest sequence number taken from the queue so far.
+    pub fn taken_seq(&self) -> u64 {
+        self.taken
     }
 
     /// The next queued record, if it is one to ship, peeked for sizing.

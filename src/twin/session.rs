@@ -45,6 +45,9 @@ pub struct Node {
     /// Cancelled at shutdown: ship what is queued, close, and wait for the
     /// twin to have applied it ([`run`]).
     pub draining: CancellationToken,
+    /// This link's side of the mutation stream's acknowledgements: under
+    /// `--replication-ack` writers wait on it.
+    pub ack: Arc<crate::mutation::AckHandle>,
 }
 
 impl Node {
@@ -95,7 +98,15 @@ struct Link {
     applied: tokio::sync::Notify,
     /// (last seq of a shipped batch, write time of its oldest record).
     unacked: Mutex<VecDeque<(u64, u64)>>,
+    /// The twin's fence to answer (0: none), and the last one answered.
+    fence_seen: AtomicU64,
+    /// Our fence the twin answered (the drain's receipt).
+    fence_acked: AtomicU64,
+    fenced: tokio::sync::Notify,
 }
+
+/// The token of the fence a drain sends.
+const DRAIN_FENCE: u64 = 1;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
@@ -149,29 +160,18 @@ where
         applied_seq: AtomicU64::new(0),
         applied: tokio::sync::Notify::new(),
         unacked: Mutex::new(VecDeque::new()),
+        fence_seen: AtomicU64::new(0),
+        fence_acked: AtomicU64::new(0),
+        fenced: tokio::sync::Notify::new(),
     };
     let st = &node.stats;
-    st.shipped_seq.store(0, Ordering::Relaxed);
-    st.acked_seq.store(0, Ordering::Relaxed);
+    st.shipped_seq.store(0, Ordering::SeqCst);
+    st.acked_seq.store(0, Ordering::SeqCst);
     st.oldest_unacked_ms.store(0, Ordering::Relaxed);
-    let recv = receive(node, &link, &mut rd);
-    tokio::pin!(recv);
     let result = tokio::select! {
-        r = &mut recv => r,
-        r = send(node, &link, &mut wr, outbox, resume) => match r {
-            // Drained: everything is written. The twin reads to the end of
-            // the stream, applying as it goes, and closes its side when it
-            // reaches our FIN: its EOF is its receipt for everything.
-            Ok(()) => {
-                wr.shutdown().await;
-                let waited = tokio::select! {
-                    r = timeout(node.cfg.dead_after, &mut recv) => r.is_ok(),
-                    _ = cancel.cancelled() => false,
-                };
-                if waited { Ok(()) } else { Err(SessionError::Dead(node.cfg.dead_after)) }
-            }
-            Err(e) => Err(e),
-        },
+        r = receive(node, &link, &mut rd) => r,
+        // Ok only once drained: the twin answered our fence.
+        r = send(node, &link, &mut wr, outbox, resume) => r,
         _ = cancel.cancelled() => Err(SessionError::Stopped),
     };
     wr.shutdown().await;
@@ -203,7 +203,8 @@ async fn receive<R: AsyncRead + Unpin>(
                 apply_batch(node, link, records);
             }
             Frame::Ack { origin, seq } if origin == me => {
-                st.acked_seq.fetch_max(seq, Ordering::Relaxed);
+                st.acked_seq.fetch_max(seq, Ordering::SeqCst);
+                release_acks(node);
                 let mut q = lock(&link.unacked);
                 while q.front().is_some_and(|(s, _)| *s <= seq) {
                     q.pop_front();
@@ -223,6 +224,15 @@ async fn receive<R: AsyncRead + Unpin>(
                 }
                 node.update_position(origin, |p| p.version = p.version.max(version));
                 caught_up(node);
+            }
+            // Frames are applied in order: everything before it is applied.
+            Frame::Fence { token } => {
+                link.fence_seen.store(token, Ordering::SeqCst);
+                link.applied.notify_one();
+            }
+            Frame::FenceAck { token } => {
+                link.fence_acked.store(token, Ordering::SeqCst);
+                link.fenced.notify_one();
             }
             Frame::Refuse { reason, message } => {
                 return Err(SessionError::Refused { reason, message })
@@ -250,6 +260,19 @@ fn caught_up(node: &Node) {
         }
         super::Serving::Ready => {}
     }
+}
+
+/// Tell waiting writers (`--replication-ack`) what the twin has: everything
+/// up to its last ack, and, once every shipped record is acknowledged, also
+/// the records taken from the queue without shipping (kinds the link does
+/// not carry). Loads in this order: a record counted in `taken` was counted
+/// in `shipped` first.
+fn release_acks(node: &Node) {
+    let st = &node.stats;
+    let taken = st.taken_seq.load(Ordering::SeqCst);
+    let shipped = st.shipped_seq.load(Ordering::SeqCst);
+    let acked = st.acked_seq.load(Ordering::SeqCst);
+    node.ack.ack(if shipped <= acked { taken } else { acked });
 }
 
 fn apply_batch(node: &Node, link: &Link, records: Vec<Record>) {
@@ -333,10 +356,7 @@ async fn send<W: AsyncWrite + Unpin>(
             && outbox.peek().is_none()
             && outbox.gauge.queued_bytes() == 0
         {
-            housekeeping(node, link, wr, &mut s);
-            let n = wr.flush().await?;
-            node.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-            return Ok(());
+            return fence(node, link, wr, &mut s).await;
         }
         if outbox.gauge.take_overflowed() {
             start_scan(node, &mut s, "outgoing queue overflowed");
@@ -374,6 +394,33 @@ async fn send<W: AsyncWrite + Unpin>(
                 _ = node.draining.cancelled() => {}
             }
         }
+    }
+}
+
+/// The end of a drain: everything is written; send a fence and wait (at most
+/// `dead_after`) for the twin to answer it, which it does once it has applied
+/// every frame before it. Meanwhile keep acknowledging the twin's records.
+async fn fence<W: AsyncWrite + Unpin>(
+    node: &Node,
+    link: &Link,
+    wr: &mut FrameWriter<W>,
+    s: &mut Sender,
+) -> Result<(), SessionError> {
+    housekeeping(node, link, wr, s);
+    wr.push(&Frame::Fence { token: DRAIN_FENCE });
+    let deadline = Instant::now() + node.cfg.dead_after;
+    loop {
+        let n = wr.flush().await?;
+        node.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        if link.fence_acked.load(Ordering::SeqCst) == DRAIN_FENCE {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = link.fenced.notified() => {}
+            _ = link.applied.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => return Err(SessionError::Dead(node.cfg.dead_after)),
+        }
+        housekeeping(node, link, wr, s);
     }
 }
 
@@ -445,12 +492,14 @@ fn ship_live<W>(
     }
     let count = w.count();
     w.finish(&mut wr.buf);
+    // Shipped before taken (see release_acks).
+    st.shipped_seq.fetch_max(last_seq, Ordering::SeqCst);
+    st.taken_seq.fetch_max(outbox.taken_seq(), Ordering::SeqCst);
     if count == 0 {
         return;
     }
     st.records_sent
         .fetch_add(u64::from(count), Ordering::Relaxed);
-    st.shipped_seq.fetch_max(last_seq, Ordering::Relaxed);
     let mut q = lock(&link.unacked);
     if q.is_empty() {
         st.oldest_unacked_ms.store(first_ms, Ordering::Relaxed);
@@ -513,6 +562,11 @@ fn ship_scan_chunk<W>(node: &Node, wr: &mut FrameWriter<W>, s: &mut Sender) {
 }
 
 fn housekeeping<W>(node: &Node, link: &Link, wr: &mut FrameWriter<W>, s: &mut Sender) {
+    release_acks(node);
+    let fence = link.fence_seen.swap(0, Ordering::SeqCst);
+    if fence != 0 {
+        wr.push(&Frame::FenceAck { token: fence });
+    }
     let now = Instant::now();
     if now >= s.next_ack {
         s.next_ack = now + node.cfg.ack_interval;

@@ -60,10 +60,15 @@ pub struct TwinStats {
     pub link_ups: AtomicU64,
     pub auth_failures: AtomicU64,
     pub clock_skew_ms: AtomicI64,
+    /// Highest local seq taken from the outgoing queue on the current link
+    /// (shipped or not: see `session::release_acks`).
+    pub taken_seq: AtomicU64,
     /// Set when the link ended by a completed drain (shutdown).
     pub drained: std::sync::atomic::AtomicBool,
     gauge: OnceLock<Arc<QueueGauge>>,
     readiness: OnceLock<Arc<super::Readiness>>,
+    /// The link's acknowledgement handle and whether writers wait on it.
+    ack: OnceLock<(Arc<crate::mutation::AckHandle>, bool)>,
 }
 
 impl TwinStats {
@@ -91,6 +96,10 @@ impl TwinStats {
     /// Bytes of records waiting for the link.
     pub fn queued_bytes(&self) -> u64 {
         self.gauge.get().map_or(0, |g| g.queued_bytes() as u64)
+    }
+
+    pub(crate) fn set_ack(&self, h: Arc<crate::mutation::AckHandle>, on: bool) {
+        let _ = self.ack.set((h, on));
     }
 
     pub(crate) fn set_readiness(&self, r: Arc<super::Readiness>) {
@@ -126,6 +135,14 @@ impl TwinStats {
             ),
             None => ("ready", 0, 0),
         };
+        let (ack_on, ack_timeouts, ack_skipped) = match self.ack.get() {
+            Some((h, on)) => (
+                *on,
+                h.timeouts.load(Ordering::Relaxed),
+                h.waivers.load(Ordering::Relaxed),
+            ),
+            None => (false, 0, 0),
+        };
         vec![
             ("repl_state", state.to_string()),
             ("repl_link", self.state().name().to_string()),
@@ -157,6 +174,9 @@ impl TwinStats {
             ),
             ("repl_auth_failures", n(&self.auth_failures)),
             ("repl_not_ready_replies", refused.to_string()),
+            ("repl_ack", u8::from(ack_on).to_string()),
+            ("repl_ack_timeouts", ack_timeouts.to_string()),
+            ("repl_ack_skipped", ack_skipped.to_string()),
             ("repl_caught_up_after_ms", caught_up.to_string()),
             (
                 "repl_clock_skew_ms",

@@ -82,11 +82,15 @@ impl Twin {
         cfg: TwinConfig,
     ) -> std::io::Result<Twin> {
         let listen = listener.local_addr()?;
-        let sub = store.subscribe(cfg.queue_bytes);
+        let sub = store.subscribe(cfg.queue_bytes, cfg.ack_timeout);
+        let ack = sub.ack.clone();
+        // No link yet: nobody waits for acknowledgements that cannot come.
+        ack.set_waived(true);
         let outbox = Outbox::new(sub)?;
         let stats = Arc::new(TwinStats::new(cfg.peer.clone(), store.hlc().node()));
         stats.set_gauge(outbox.gauge.clone());
         stats.set_readiness(cfg.readiness.clone());
+        stats.set_ack(ack.clone(), cfg.ack_timeout.is_some());
         let readiness = cfg.readiness.clone();
         let resumed = cfg.resume.iter().map(|p| (p.origin, *p)).collect();
         let node = Arc::new(Node {
@@ -94,6 +98,7 @@ impl Twin {
             cfg,
             stats: stats.clone(),
             positions: Mutex::new(resumed),
+            ack,
             draining: CancellationToken::new(),
         });
         let draining = node.draining.clone();
@@ -191,6 +196,7 @@ impl Twin {
 
     /// Close the link and the listener, and wait for the tasks.
     pub async fn stop(self) {
+        self.node.ack.set_waived(true);
         self.cancel.cancel();
         for t in self.tasks {
             let _ = t.await;
@@ -368,6 +374,8 @@ fn start_session(
             o.peer.skew_ms
         );
     }
+    // Writers under --replication-ack wait for this link's acknowledgements.
+    node.ack.set_waived(false);
     let cancel = parent.child_token();
     let (n, c) = (node.clone(), cancel.clone());
     let Offer {
@@ -393,6 +401,8 @@ fn start_session(
 }
 
 fn link_down(node: &Node, c: &Current, res: Result<(), SessionError>) {
+    // Nothing can be acknowledged now: answer waiting writers.
+    node.ack.set_waived(true);
     if node.draining.is_cancelled() {
         node.stats
             .drained

@@ -166,11 +166,13 @@ impl TwinStore for FakeStore {
         &self.hlc
     }
 
-    fn subscribe(&self, byte_cap: usize) -> Subscription {
+    fn subscribe(&self, byte_cap: usize, ack_timeout: Option<std::time::Duration>) -> Subscription {
         self.stream.subscribe_with(
             1,
             SubscribeOptions {
                 byte_cap: Some(byte_cap),
+                blocking: ack_timeout.is_some(),
+                ack_timeout,
                 ..Default::default()
             },
         )
