@@ -1459,6 +1459,21 @@ impl Store {
         (out, disk)
     }
 
+    /// How far a [`Store::scan`] at `c` is through RAM, in percent (100 once
+    /// it walks the disk).
+    pub fn scan_percent(&self, c: &ScanCursor) -> u8 {
+        if c.disk.is_some() {
+            return 100;
+        }
+        let shards = self.table.shard_count().max(1);
+        let within = match self.table.buckets(c.shard) {
+            0 => 0.0,
+            b => c.bucket as f64 / b as f64,
+        };
+        let pct = (c.shard as f64 + within.min(1.0)) * 100.0 / shards as f64;
+        pct.clamp(0.0, 100.0) as u8
+    }
+
     /// The disk phase of [`Store::scan`]: persisted keys after `after`.
     fn scan_disk(
         &self,
@@ -2044,13 +2059,25 @@ mod tests {
         let mut got = Vec::new();
         let mut at = Some(ScanCursor::default());
         let mut calls = 0;
+        let mut percent = 0;
+        assert_eq!(s.scan_percent(&ScanCursor::default()), 0);
         while let Some(from) = at {
             calls += 1;
             assert!(calls < 10_000);
+            let p = s.scan_percent(&from);
+            assert!(
+                p >= percent && p <= 100,
+                "progress only grows: {percent} then {p}"
+            );
+            percent = p;
             let (recs, next) = s.scan(from, floor, 16, NOW);
             got.extend(recs);
             at = next;
         }
+        assert!(
+            calls > 2 && percent > 50,
+            "{calls} calls, last at {percent} %"
+        );
         assert_eq!(got.len(), 51);
         assert!(got.iter().all(|m| m.version > floor));
         let tomb: Vec<_> = got.iter().filter(|m| m.op == Op::Delete).collect();

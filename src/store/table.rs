@@ -67,6 +67,14 @@ impl Table {
         self.map.shards().len()
     }
 
+    /// Buckets of shard `shard` now (0 for no such shard).
+    pub fn buckets(&self, shard: usize) -> usize {
+        self.map
+            .shards()
+            .get(shard)
+            .map_or(0, |t| t.read().buckets())
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -43,4 +43,8 @@ impl TwinStore for Engine {
     ) -> (Vec<Arc<Mutation>>, Option<ScanCursor>) {
         self.store().scan(from, floor, max, self.now())
     }
+
+    fn scan_percent(&self, at: &ScanCursor) -> u8 {
+        self.store().scan_percent(at)
+    }
 }

@@ -71,6 +71,11 @@ pub trait TwinStore: Send + Sync + 'static {
         floor: u64,
         max: usize,
     ) -> (Vec<Arc<Mutation>>, Option<ScanCursor>);
+
+    /// How far a scan at `at` is, in percent, for progress reports.
+    fn scan_percent(&self, _at: &ScanCursor) -> u8 {
+        0
+    }
 }
 
 /// The outcome of [`TwinStore::apply_remote`] and where a scan resumes: the

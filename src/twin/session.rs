@@ -176,6 +176,7 @@ where
     };
     wr.shutdown().await;
     st.oldest_unacked_ms.store(0, Ordering::Relaxed);
+    st.scan_active.store(false, Ordering::Relaxed);
     result
 }
 
@@ -317,7 +318,16 @@ struct Scan {
     /// Our clock when it started: once it ends, the twin holds everything of
     /// ours up to here.
     start: u64,
+    /// For progress reports: when it started, records and bytes shipped, and
+    /// when progress was last logged.
+    began: Instant,
+    records: u64,
+    bytes: u64,
+    logged: Instant,
 }
+
+/// A running scan logs its progress this often.
+const SCAN_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// The sender's bookkeeping.
 struct Sender {
@@ -428,11 +438,18 @@ fn start_scan(node: &Node, s: &mut Sender, why: &str) {
     let floor = scan_floor(s.synced, node.cfg.resume_margin_ms);
     tracing::debug!("twin: table scan above version {floor} ({why})");
     node.stats.scans.fetch_add(1, Ordering::Relaxed);
+    let now = Instant::now();
     s.scan = Some(Scan {
         cursor: ScanCursor::default(),
         floor,
         start: node.store.hlc().last().get(),
+        began: now,
+        records: 0,
+        bytes: 0,
+        logged: now,
     });
+    node.stats.scan_active.store(true, Ordering::Relaxed);
+    node.stats.scan_percent.store(0, Ordering::Relaxed);
 }
 
 /// Largest payload to put in one batch (the twin accepts up to max_frame).
@@ -519,6 +536,7 @@ fn ship_scan_chunk<W>(node: &Node, wr: &mut FrameWriter<W>, s: &mut Sender) {
     let store = &node.store;
     let (chunk, next) = blocking(|| store.scan(cursor, floor, max));
     let st = &node.stats;
+    let before = wr.buf.len();
     let mut w = BatchWriter::begin(&mut wr.buf, node.me());
     let mut sent = 0u64;
     for m in &chunk {
@@ -543,9 +561,36 @@ fn ship_scan_chunk<W>(node: &Node, wr: &mut FrameWriter<W>, s: &mut Sender) {
     w.finish(&mut wr.buf);
     st.records_sent.fetch_add(sent, Ordering::Relaxed);
     st.scan_records.fetch_add(sent, Ordering::Relaxed);
+    scan.records += sent;
+    scan.bytes += wr.buf.len().saturating_sub(before) as u64;
     match next {
-        Some(c) => scan.cursor = c,
+        Some(c) => {
+            let pct = store.scan_percent(&c);
+            st.scan_percent.store(pct, Ordering::Relaxed);
+            scan.cursor = c;
+            if scan.logged.elapsed() >= SCAN_LOG_EVERY {
+                scan.logged = Instant::now();
+                let secs = scan.began.elapsed().as_secs_f64().max(1e-3);
+                tracing::info!(
+                    "twin catch-up scan: {} records, {:.1} MiB sent, {pct} % of RAM walked{} ({:.0} records/s)",
+                    scan.records,
+                    scan.bytes as f64 / 1048576.0,
+                    if scan.cursor.disk.is_some() { ", now the items held only on disk" } else { "" },
+                    scan.records as f64 / secs
+                );
+            }
+        }
         None => {
+            st.scan_active.store(false, Ordering::Relaxed);
+            st.scan_percent.store(100, Ordering::Relaxed);
+            let secs = scan.began.elapsed().as_secs_f64();
+            if secs >= 1.0 {
+                tracing::info!(
+                    "twin catch-up scan done: {} records, {:.1} MiB in {secs:.1} s",
+                    scan.records,
+                    scan.bytes as f64 / 1048576.0
+                );
+            }
             let done = scan.start.max(s.live_max);
             s.scan = None;
             s.synced = s.synced.max(done);

@@ -56,6 +56,9 @@ pub struct TwinStats {
     /// Write time (Unix ms) of the oldest shipped, unacknowledged record; 0 = none.
     pub oldest_unacked_ms: AtomicU64,
     pub scans: AtomicU64,
+    /// A catch-up scan is running, and how far through RAM it is (percent).
+    pub scan_active: std::sync::atomic::AtomicBool,
+    pub scan_percent: AtomicU8,
     pub scan_records: AtomicU64,
     pub link_ups: AtomicU64,
     pub auth_failures: AtomicU64,
@@ -165,6 +168,14 @@ impl TwinStats {
             ("repl_queue_overflows", overflows.to_string()),
             ("repl_scans", n(&self.scans)),
             ("repl_scan_records", n(&self.scan_records)),
+            (
+                "repl_scan_active",
+                u8::from(self.scan_active.load(Ordering::Relaxed)).to_string(),
+            ),
+            (
+                "repl_scan_percent",
+                self.scan_percent.load(Ordering::Relaxed).to_string(),
+            ),
             (
                 "repl_reconnects",
                 self.link_ups
