@@ -611,16 +611,22 @@ mod tests {
         assert_eq!(seqs, (1..=2000).collect::<Vec<_>>());
     }
 
+    /// A writer waiting for `seq`'s acknowledgements, on its own task.
+    fn spawn_wait(
+        s: &Arc<MutationStream>,
+        seq: u64,
+    ) -> tokio::task::JoinHandle<Result<(), AckError>> {
+        let s = s.clone();
+        tokio::spawn(async move { s.wait_acked(seq).await })
+    }
+
     #[tokio::test]
     async fn blocking_subscriber_gates_writers() {
         let s = Arc::new(MutationStream::new());
         let sub = s.subscribe(16, true);
         assert!(s.must_wait());
         let seq = s.publish(rec);
-        let waiter = {
-            let s = s.clone();
-            tokio::spawn(async move { s.wait_acked(seq).await })
-        };
+        let waiter = spawn_wait(&s, seq);
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         sub.ack.ack(seq);
@@ -659,10 +665,7 @@ mod tests {
         assert_eq!(twin.ack.timeouts.load(Ordering::Relaxed), 1);
         // Waived while waiting: the waiter is released, counted.
         let seq = s.publish(rec);
-        let waiter = {
-            let s = s.clone();
-            tokio::spawn(async move { s.wait_acked(seq).await })
-        };
+        let waiter = spawn_wait(&s, seq);
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         twin.ack.set_waived(true);

@@ -455,17 +455,23 @@ mod tests {
         }
     }
 
+    /// A store with room for eight 1 KB items over a running persistence
+    /// (`fsync always`) in `dir`.
+    fn small_persisted_store(dir: &std::path::Path) -> (Store, Running, Arc<State>) {
+        let item = 1000 + crate::store::ITEM_OVERHEAD;
+        let s = store(item * 8);
+        let p = Persistence::open(&cfg(dir, FsyncMode::Always)).expect("open");
+        p.load(&s, NOW).expect("load");
+        let running = p.start(&s, Arc::new(Clock::fixed(NOW))).expect("start");
+        let state = running.state().clone();
+        (s, running, state)
+    }
+
     #[test]
     fn writer_persists_the_stream_and_ram_reads_through() {
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = tmp.path().join("d");
-        let item = 1000 + crate::store::ITEM_OVERHEAD;
-        let s = store(item * 8);
-        let p = Persistence::open(&cfg(&dir, FsyncMode::Always)).expect("open");
-        p.load(&s, NOW).expect("load");
-        let clock = Arc::new(Clock::fixed(NOW));
-        let running = p.start(&s, clock).expect("start");
-        let state = running.state().clone();
+        let (s, running, state) = small_persisted_store(&dir);
 
         let v = vec![b'x'; 1000 - 3];
         let mut last = 0;
@@ -600,13 +606,7 @@ mod tests {
     fn the_catch_up_scan_covers_items_held_only_on_disk() {
         use crate::store::ScanCursor;
         let tmp = tempfile::tempdir().expect("tmp");
-        let dir = tmp.path().join("d");
-        let item = 1000 + crate::store::ITEM_OVERHEAD;
-        let s = store(item * 8);
-        let p = Persistence::open(&cfg(&dir, FsyncMode::Always)).expect("open");
-        p.load(&s, NOW).expect("load");
-        let running = p.start(&s, Arc::new(Clock::fixed(NOW))).expect("start");
-        let state = running.state().clone();
+        let (s, running, state) = small_persisted_store(&tmp.path().join("d"));
         let v = vec![b'x'; 1000 - 3];
         let mut versions = Vec::new();
         for i in 0..40 {

@@ -645,12 +645,7 @@ impl Store {
                 return Fetched::Absent;
             }
         };
-        let item = Item::new(NewItem {
-            key,
-            state: p.state,
-            seq: p.seq,
-            now,
-        });
+        let item = Self::persisted_item(key, p, now);
         match self.dead(&item, now) {
             None => Fetched::Live(item),
             // A persisted tombstone stays on disk until its purge time.
@@ -1532,16 +1527,21 @@ impl Store {
                 return None;
             }
         }
-        let item = Item::new(NewItem {
-            key,
-            state: p.state,
-            seq: p.seq,
-            now,
-        });
+        let item = Self::persisted_item(key, p, now);
         match self.dead(&item, now) {
             None | Some(Dead::Tombstone) if item.version() > floor => Some(Self::record_of(&item)),
             _ => None,
         }
+    }
+
+    /// A persisted item (or tombstone) back as a table item.
+    fn persisted_item(key: &[u8], p: Persisted, now: u32) -> Item {
+        Item::new(NewItem {
+            key,
+            state: p.state,
+            seq: p.seq,
+            now,
+        })
     }
 
     /// An item (or tombstone) as the record that would recreate it.
