@@ -221,6 +221,8 @@ pub struct AckHandle {
     /// Set while the subscriber cannot acknowledge anything (the twin link is
     /// down): writers are answered without waiting for it.
     waived: AtomicBool,
+    /// Writer batches that waited for this subscriber.
+    pub waits: AtomicU64,
     /// Waits ended by `timeout`.
     pub timeouts: AtomicU64,
     /// Waits skipped because the subscriber was waived.
@@ -448,6 +450,7 @@ impl MutationStream {
             blocking,
             timeout: opts.ack_timeout.filter(|_| blocking),
             waived: AtomicBool::new(false),
+            waits: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             waivers: AtomicU64::new(0),
         });
@@ -530,6 +533,7 @@ impl MutationStream {
                 h.waivers.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            h.waits.fetch_add(1, Ordering::Relaxed);
             let mut rx = h.acked.subscribe();
             let wait = rx.wait_for(|v| *v >= seq || !h.is_healthy() || h.is_waived());
             let res = match h.timeout {
@@ -675,6 +679,11 @@ mod tests {
         assert_eq!(s.wait_acked(seq).await, Ok(()));
         assert_eq!(twin.ack.waivers.load(Ordering::Relaxed), 2);
         assert_eq!(twin.ack.timeouts.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            twin.ack.waits.load(Ordering::Relaxed),
+            3,
+            "waived waits are not waits"
+        );
         assert!(s.accepts_writes(), "a waived twin never refuses writes");
     }
 

@@ -138,13 +138,14 @@ impl TwinStats {
             ),
             None => ("ready", 0, 0),
         };
-        let (ack_on, ack_timeouts, ack_skipped) = match self.ack.get() {
+        let (ack_on, ack_waits, ack_timeouts, ack_skipped) = match self.ack.get() {
             Some((h, on)) => (
                 *on,
+                h.waits.load(Ordering::Relaxed),
                 h.timeouts.load(Ordering::Relaxed),
                 h.waivers.load(Ordering::Relaxed),
             ),
-            None => (false, 0, 0),
+            None => (false, 0, 0, 0),
         };
         vec![
             ("repl_state", state.to_string()),
@@ -186,6 +187,7 @@ impl TwinStats {
             ("repl_auth_failures", n(&self.auth_failures)),
             ("repl_not_ready_replies", refused.to_string()),
             ("repl_ack", u8::from(ack_on).to_string()),
+            ("repl_ack_waits", ack_waits.to_string()),
             ("repl_ack_timeouts", ack_timeouts.to_string()),
             ("repl_ack_skipped", ack_skipped.to_string()),
             ("repl_caught_up_after_ms", caught_up.to_string()),
