@@ -180,6 +180,13 @@ pub struct Cli {
     /// without the twin's acknowledgement (default 500).
     #[arg(long = "replication-ack-timeout", value_name = "MS")]
     pub replication_ack_timeout: Option<u64>,
+    /// Recent records kept to replay after a short cut, in MB (default 64;
+    /// 0 = none, every reconnect scans the table).
+    #[arg(long = "replication-backlog-mb", value_name = "MB")]
+    pub replication_backlog_mb: Option<u64>,
+    /// ... and for at most this many seconds (default 600).
+    #[arg(long = "replication-backlog-ttl", value_name = "SECS")]
+    pub replication_backlog_ttl: Option<u64>,
 }
 
 /// The TOML file: the same settings under their long names.
@@ -220,6 +227,8 @@ pub struct FileConfig {
     pub peer_wait: Option<PeerWaitValue>,
     pub replication_ack: Option<bool>,
     pub replication_ack_timeout: Option<u64>,
+    pub replication_backlog_mb: Option<u64>,
+    pub replication_backlog_ttl: Option<u64>,
 }
 
 /// `peer-wait` in the TOML file: seconds, or the word "forever".
@@ -252,6 +261,9 @@ pub struct ReplicationSettings {
     pub peer_wait: crate::twin::PeerWait,
     /// `--replication-ack`: how long a write waits for the twin at most.
     pub ack_timeout: Option<Duration>,
+    /// The backlog's bounds.
+    pub backlog_bytes: usize,
+    pub backlog_ttl: Duration,
 }
 
 /// Resolved settings the daemon runs with.
@@ -491,6 +503,8 @@ impl Settings {
                 peer_wait: cli.peer_wait.map(PeerWaitValue::Word).or(file.peer_wait),
                 ack: cli.replication_ack || file.replication_ack.unwrap_or(false),
                 ack_timeout_ms: cli.replication_ack_timeout.or(file.replication_ack_timeout),
+                backlog_mb: cli.replication_backlog_mb.or(file.replication_backlog_mb),
+                backlog_ttl: cli.replication_backlog_ttl.or(file.replication_backlog_ttl),
             },
             &listen,
             port,
@@ -545,6 +559,8 @@ struct ReplicationInput {
     peer_wait: Option<PeerWaitValue>,
     ack: bool,
     ack_timeout_ms: Option<u64>,
+    backlog_mb: Option<u64>,
+    backlog_ttl: Option<u64>,
 }
 
 fn resolve_replication(
@@ -564,6 +580,11 @@ fn resolve_replication(
         }
         if input.ack || input.ack_timeout_ms.is_some() {
             return Err(ConfigError::ReplicationWithoutPeer("--replication-ack"));
+        }
+        if input.backlog_mb.is_some() || input.backlog_ttl.is_some() {
+            return Err(ConfigError::ReplicationWithoutPeer(
+                "--replication-backlog-mb/-ttl",
+            ));
         }
         return Ok(None);
     };
@@ -618,6 +639,14 @@ fn resolve_replication(
                 ms.unwrap_or(DEFAULT_REPLICATION_ACK_TIMEOUT_MS),
             )),
         },
+        backlog_bytes: match input.backlog_mb {
+            None => crate::twin::backlog::DEFAULT_BACKLOG_BYTES,
+            Some(mb) => usize::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
+        },
+        backlog_ttl: input.backlog_ttl.map_or(
+            crate::twin::backlog::DEFAULT_BACKLOG_TTL,
+            Duration::from_secs,
+        ),
     }))
 }
 
@@ -914,6 +943,28 @@ mod tests {
         assert_eq!(
             run(&["--config", path.to_str().expect("utf8")]).expect("ok"),
             Some(Duration::from_millis(75))
+        );
+        let backlog = |extra: &[&str]| {
+            let mut v = vec![
+                "memtwin",
+                "--peer",
+                "b:12211",
+                "--replication-secret",
+                &secret,
+            ];
+            v.extend_from_slice(extra);
+            let r = Settings::from_args(v).expect("ok").replication.expect("on");
+            (r.backlog_bytes, r.backlog_ttl)
+        };
+        assert_eq!(backlog(&[]), (64 << 20, Duration::from_secs(600)));
+        assert_eq!(
+            backlog(&[
+                "--replication-backlog-mb",
+                "0",
+                "--replication-backlog-ttl",
+                "30"
+            ]),
+            (0, Duration::from_secs(30))
         );
         let e = Settings::from_args(vec!["memtwin", "--replication-ack"]).expect_err("refused");
         assert!(e.to_string().contains("need --peer"), "{e}");

@@ -415,6 +415,8 @@ async fn start_twin(
     cfg.peer_wait = r.peer_wait;
     cfg.resume = resume;
     cfg.ack_timeout = r.ack_timeout;
+    cfg.backlog_bytes = r.backlog_bytes;
+    cfg.backlog_ttl = r.backlog_ttl;
     if r.ack_timeout.is_some() {
         // The twin runs with the same flag and waits on our acks: send them
         // as soon as a batch is applied, not on the 10 ms tick.

@@ -63,6 +63,9 @@ STAT = {
     "ack_timeouts": "repl_ack_timeouts",
     "ack_skipped": "repl_ack_skipped",
     "scan_records": "repl_scan_records",
+    "backlog_replays": "repl_backlog_replays",      # gaps repaired from the backlog
+    "backlog_replayed": "repl_backlog_replayed",    # records those replays shipped
+    "backlog_bytes": "repl_backlog_bytes",
     "auth_failures": "repl_auth_failures",
 }
 LINK_UP = "up"

@@ -66,6 +66,9 @@ pub struct TwinConfig {
     /// `--replication-ack`: a write is answered once the twin applied it, or
     /// after this long (`--replication-ack-timeout`). None: asynchronous.
     pub ack_timeout: Option<Duration>,
+    /// The backlog's bounds (`--replication-backlog-mb`, `-ttl`).
+    pub backlog_bytes: usize,
+    pub backlog_ttl: Duration,
 }
 
 /// Default of `--peer-wait`: long enough for a twin that restarts with it
@@ -96,6 +99,8 @@ impl TwinConfig {
             peer_wait: PeerWait::For(DEFAULT_PEER_WAIT),
             resume: Vec::new(),
             ack_timeout: None,
+            backlog_bytes: super::backlog::DEFAULT_BACKLOG_BYTES,
+            backlog_ttl: super::backlog::DEFAULT_BACKLOG_TTL,
         }
     }
 }

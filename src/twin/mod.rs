@@ -27,6 +27,7 @@
 //! (listener, dialler, arbitration), [`outbox`] (the subscription bridged into
 //! the runtime), [`readiness`] (whether clients may be answered yet), [`stats`].
 
+pub mod backlog;
 pub mod config;
 pub mod convert;
 pub mod engine;

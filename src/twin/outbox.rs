@@ -7,6 +7,8 @@
 //! ([`Outbox::take`] reports them consumed to the gauge), so memory held for
 //! the link stays bounded whether or not the link is up.
 
+use super::backlog::Backlog;
+use super::stats::TwinStats;
 use crate::mutation::{Mutation, QueueGauge, Subscription};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +24,23 @@ pub struct Outbox {
     bridge: Option<std::thread::JoinHandle<()>>,
     /// Highest sequence number taken so far.
     taken: u64,
+    /// Every shipped-kind record taken, kept for replay after a short cut.
+    pub backlog: Backlog,
+    /// The queue's drop count when last looked at (a change is a gap).
+    seen_overflows: u64,
+    /// The node's clock (`hlc().last()`), for the backlog's gap point.
+    clock: Box<dyn Fn() -> u64 + Send>,
+    stats: Arc<TwinStats>,
 }
 
 impl Outbox {
     /// Start bridging `sub`. The thread ends when the outbox is dropped.
-    pub fn new(sub: Subscription) -> std::io::Result<Outbox> {
+    pub fn new(
+        sub: Subscription,
+        backlog: Backlog,
+        clock: Box<dyn Fn() -> u64 + Send>,
+        stats: Arc<TwinStats>,
+    ) -> std::io::Result<Outbox> {
         let (tx, rx) = mpsc::unbounded_channel();
         let Subscription {
             rx: chan, gauge, ..
@@ -40,6 +54,10 @@ impl Outbox {
             pending: Default::default(),
             bridge: Some(bridge),
             taken: 0,
+            backlog,
+            seen_overflows: 0,
+            clock,
+            stats,
         })
     }
 
@@ -68,6 +86,17 @@ impl Outbox {
         let m = self.pending.pop_front()?;
         self.gauge.consumed(&m);
         self.taken = self.taken.max(m.seq);
+        let drops = self.gauge.overflows();
+        if drops != self.seen_overflows {
+            self.seen_overflows = drops;
+            self.backlog.gap((self.clock)());
+        }
+        if m.is_shipped() {
+            let trimmed = self.backlog.trimmed;
+            self.backlog.push(&m);
+            self.stats
+                .note_backlog(&self.backlog, self.backlog.trimmed - trimmed);
+        }
         Some(m)
     }
 

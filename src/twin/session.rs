@@ -324,6 +324,8 @@ struct Scan {
     records: u64,
     bytes: u64,
     logged: Instant,
+    /// Some: a replay from the backlog instead of a table scan.
+    replay: Option<VecDeque<Arc<crate::mutation::Mutation>>>,
 }
 
 /// A running scan logs its progress this often.
@@ -359,7 +361,16 @@ async fn send<W: AsyncWrite + Unpin>(
         next_ack: now,
         next_ping: now,
     };
-    start_scan(node, &mut s, "link up");
+    // A short cut: the backlog still holds everything above the twin's
+    // resume point, so replay it instead of walking the table.
+    let floor = scan_floor(resume, node.cfg.resume_margin_ms);
+    match (resume > 0)
+        .then(|| outbox.backlog.replay_above(floor))
+        .flatten()
+    {
+        Some(records) => start_replay(node, &mut s, floor, records),
+        None => start_scan(node, &mut s, "link up"),
+    }
     loop {
         if node.draining.is_cancelled()
             && s.scan.is_none()
@@ -434,10 +445,37 @@ async fn fence<W: AsyncWrite + Unpin>(
     }
 }
 
+fn start_replay(
+    node: &Node,
+    s: &mut Sender,
+    floor: u64,
+    records: VecDeque<Arc<crate::mutation::Mutation>>,
+) {
+    tracing::debug!(
+        "twin: replaying {} records above version {floor} from the backlog",
+        records.len()
+    );
+    let st = &node.stats;
+    st.backlog_replays.fetch_add(1, Ordering::Relaxed);
+    st.backlog_replayed
+        .fetch_add(records.len() as u64, Ordering::Relaxed);
+    begin(node, s, floor, Some(records));
+}
+
 fn start_scan(node: &Node, s: &mut Sender, why: &str) {
     let floor = scan_floor(s.synced, node.cfg.resume_margin_ms);
     tracing::debug!("twin: table scan above version {floor} ({why})");
     node.stats.scans.fetch_add(1, Ordering::Relaxed);
+    begin(node, s, floor, None);
+}
+
+/// Open a gap repair: a scan, or a replay of `replay`.
+fn begin(
+    node: &Node,
+    s: &mut Sender,
+    floor: u64,
+    replay: Option<VecDeque<Arc<crate::mutation::Mutation>>>,
+) {
     let now = Instant::now();
     s.scan = Some(Scan {
         cursor: ScanCursor::default(),
@@ -447,6 +485,7 @@ fn start_scan(node: &Node, s: &mut Sender, why: &str) {
         records: 0,
         bytes: 0,
         logged: now,
+        replay,
     });
     node.stats.scan_active.store(true, Ordering::Relaxed);
     node.stats.scan_percent.store(0, Ordering::Relaxed);
@@ -534,7 +573,13 @@ fn ship_scan_chunk<W>(node: &Node, wr: &mut FrameWriter<W>, s: &mut Sender) {
     };
     let (cursor, floor, max) = (scan.cursor.clone(), scan.floor, node.cfg.scan_chunk);
     let store = &node.store;
-    let (chunk, next) = blocking(|| store.scan(cursor, floor, max));
+    let (chunk, next) = match scan.replay.as_mut() {
+        Some(q) => {
+            let chunk: Vec<_> = q.drain(..max.min(q.len())).collect();
+            (chunk, (!q.is_empty()).then_some(cursor))
+        }
+        None => blocking(|| store.scan(cursor, floor, max)),
+    };
     let st = &node.stats;
     let before = wr.buf.len();
     let mut w = BatchWriter::begin(&mut wr.buf, node.me());
@@ -560,12 +605,17 @@ fn ship_scan_chunk<W>(node: &Node, wr: &mut FrameWriter<W>, s: &mut Sender) {
     }
     w.finish(&mut wr.buf);
     st.records_sent.fetch_add(sent, Ordering::Relaxed);
-    st.scan_records.fetch_add(sent, Ordering::Relaxed);
+    if scan.replay.is_none() {
+        st.scan_records.fetch_add(sent, Ordering::Relaxed);
+    }
     scan.records += sent;
     scan.bytes += wr.buf.len().saturating_sub(before) as u64;
     match next {
         Some(c) => {
-            let pct = store.scan_percent(&c);
+            let pct = match &scan.replay {
+                Some(q) => (scan.records * 100 / (scan.records + q.len() as u64).max(1)) as u8,
+                None => store.scan_percent(&c),
+            };
             st.scan_percent.store(pct, Ordering::Relaxed);
             scan.cursor = c;
             if scan.logged.elapsed() >= SCAN_LOG_EVERY {

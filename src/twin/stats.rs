@@ -66,6 +66,15 @@ pub struct TwinStats {
     /// Highest local seq taken from the outgoing queue on the current link
     /// (shipped or not: see `session::release_acks`).
     pub taken_seq: AtomicU64,
+    /// The backlog: bytes and records held, records trimmed (room or age),
+    /// write time (Unix ms) of the oldest record held, replays done instead
+    /// of a scan and records they shipped.
+    pub backlog_bytes: AtomicU64,
+    pub backlog_records: AtomicU64,
+    pub backlog_trimmed: AtomicU64,
+    pub backlog_oldest_ms: AtomicU64,
+    pub backlog_replays: AtomicU64,
+    pub backlog_replayed: AtomicU64,
     /// Set when the link ended by a completed drain (shutdown).
     pub drained: std::sync::atomic::AtomicBool,
     gauge: OnceLock<Arc<QueueGauge>>,
@@ -94,6 +103,20 @@ impl TwinStats {
 
     pub(crate) fn set_gauge(&self, g: Arc<QueueGauge>) {
         let _ = self.gauge.set(g);
+    }
+
+    /// After a record entered the backlog (`trimmed` records left it).
+    pub(crate) fn note_backlog(&self, b: &super::backlog::Backlog, trimmed: u64) {
+        self.backlog_bytes
+            .store(b.bytes() as u64, Ordering::Relaxed);
+        self.backlog_records
+            .store(b.len() as u64, Ordering::Relaxed);
+        let now = now_ms();
+        self.backlog_oldest_ms
+            .store(now.saturating_sub(b.age_ms(now)), Ordering::Relaxed);
+        if trimmed > 0 {
+            self.backlog_trimmed.fetch_add(trimmed, Ordering::Relaxed);
+        }
     }
 
     /// Bytes of records waiting for the link.
@@ -167,6 +190,19 @@ impl TwinStats {
             ("repl_lag_ms", self.lag_ms().to_string()),
             ("repl_queue_bytes", queue.to_string()),
             ("repl_queue_overflows", overflows.to_string()),
+            ("repl_backlog_bytes", n(&self.backlog_bytes)),
+            ("repl_backlog_records", n(&self.backlog_records)),
+            (
+                "repl_backlog_age_ms",
+                match self.backlog_records.load(Ordering::Relaxed) {
+                    0 => 0,
+                    _ => now_ms().saturating_sub(self.backlog_oldest_ms.load(Ordering::Relaxed)),
+                }
+                .to_string(),
+            ),
+            ("repl_backlog_trimmed", n(&self.backlog_trimmed)),
+            ("repl_backlog_replays", n(&self.backlog_replays)),
+            ("repl_backlog_replayed", n(&self.backlog_replayed)),
             ("repl_scans", n(&self.scans)),
             ("repl_scan_records", n(&self.scan_records)),
             (

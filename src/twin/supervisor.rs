@@ -13,6 +13,7 @@
 //! ends with the same single link on both sides. While no link is up the
 //! arbiter drains and discards the queue: the next link-up rescans the table.
 
+use super::backlog::Backlog;
 use super::config::TwinConfig;
 use super::framed::{FrameReader, FrameWriter};
 use super::handshake::{handshake, refuse, HandshakeError, Local, Peer};
@@ -86,8 +87,13 @@ impl Twin {
         let ack = sub.ack.clone();
         // No link yet: nobody waits for acknowledgements that cannot come.
         ack.set_waived(true);
-        let outbox = Outbox::new(sub)?;
         let stats = Arc::new(TwinStats::new(cfg.peer.clone(), store.hlc().node()));
+        let backlog = Backlog::new(cfg.backlog_bytes, cfg.backlog_ttl, store.hlc().last().get());
+        let clock = {
+            let store = store.clone();
+            Box::new(move || store.hlc().last().get())
+        };
+        let outbox = Outbox::new(sub, backlog, clock, stats.clone())?;
         stats.set_gauge(outbox.gauge.clone());
         stats.set_readiness(cfg.readiness.clone());
         stats.set_ack(ack.clone(), cfg.ack_timeout.is_some());
