@@ -159,8 +159,15 @@ def wait_until(pred, timeout=5.0, step=0.02, what="condition"):
 # ------------------------------------------------------------------ addresses and ports
 
 
+#: ports free_port() has handed out in this process: the kernel may hand the
+#: same free port to two binds in a row, and a node binds its ports only when
+#: it starts, so without this a node could get one port as client and
+#: replication port ("Address already in use" at start).
+_HANDED_OUT = set()
+
+
 def free_port(host):
-    """A free TCP port on `host` (never 11211/22122)."""
+    """A free TCP port on `host` (never 11211/22122), never one handed out before."""
     for _ in range(50):
         s = socket.socket()
         try:
@@ -168,7 +175,8 @@ def free_port(host):
             port = s.getsockname()[1]
         finally:
             s.close()
-        if port not in (11211, 22122, 12211, 23122):
+        if port not in (11211, 22122, 12211, 23122) and port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError("no free port on %s" % host)
 
@@ -580,6 +588,15 @@ class Proxy:
             with self.lock:
                 self.pairs.append(pair)
                 self.accepted += 1
+                cut_meanwhile = self._cut
+            if cut_meanwhile:
+                # cut() ran while this connection was being set up, after it
+                # had walked `pairs`: cut it too (the pump then drops it).
+                for s in pair:
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
             t = threading.Thread(target=self._pump, args=(pair,), daemon=True, name="proxy-pump")
             t.start()
             self.threads.append(t)
