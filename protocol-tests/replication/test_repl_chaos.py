@@ -647,14 +647,18 @@ def test_link_flaps_under_writes_converge_and_repair_each_gap(make_pair, workdir
     report.append("per node (scans, backlog replays, reconnects) grew by %r" % grew)
     evidence(workdir, p, report)
     print("\n".join(report))
+    # A link cut again before the Positions exchange ends counts as a reconnect but
+    # never starts a repair (nothing flowed on it): allow 10 % of those.
+    most = FLAPS * 9 // 10
     for n, (scans, replays, reconnects) in zip(p.nodes, grew):
         assert reconnects >= FLAPS, (n.name, grew)
         if repair == "scan":
-            assert scans >= FLAPS and replays == 0, (
-                "%s: without a backlog every link-up scans: %r after %d flaps" % (n.name, grew, FLAPS))
+            assert scans >= most and replays == 0, (
+                "%s: without a backlog link-ups scan: %r after %d flaps" % (n.name, grew, FLAPS))
         else:
-            assert scans + replays >= FLAPS, (
-                "%s: a scan or a replay at every link-up: %r after %d flaps" % (n.name, grew, FLAPS))
+            assert replays >= most and scans + replays >= most, (
+                "%s: short cuts are replayed from the backlog: %r after %d flaps"
+                % (n.name, grew, FLAPS))
 
 
 # ------------------------------------------------------------------ 3. a split
