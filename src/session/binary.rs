@@ -127,7 +127,7 @@ impl BinarySession {
             Ok(r) => r,
             Err(e) => return reject(e, h, out),
         };
-        if !self.shared.readiness.serving() && gated(req.kind) && !self.shared.serving() {
+        if gated(req.kind) && !self.shared.serving() {
             // Catching up with the twin: an error (the client fails over),
             // never a miss. The value, if any, is skipped unbuffered.
             put_error(out, to, Status::TemporaryFailure);
@@ -458,7 +458,6 @@ impl BinarySession {
     }
 }
 
-/// Reply to a rejected header and say whether the connection survives.
 /// Whether a request waits for the twin catch-up: everything but the
 /// requests that reveal no data (stats, quit, noop) and authentication.
 fn gated(kind: Kind) -> bool {
@@ -473,6 +472,7 @@ fn gated(kind: Kind) -> bool {
     )
 }
 
+/// Reply to a rejected header and say whether the connection survives.
 fn reject(e: BinError, h: &Header, out: &mut BytesMut) -> Step {
     if let Some(status) = e.status() {
         put_error(out, ReplyTo::from(h), status);

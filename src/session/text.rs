@@ -270,7 +270,7 @@ impl TextSession {
         Step::Consumed(next)
     }
 
-    /// While catching up with the twin: the error instead of executing `cmd`
+    /// While catching up with the twin (the caller checked): the error instead of executing `cmd`
     /// (a data block is discarded unbuffered), or None for the commands that
     /// reveal no data and stay available (`stats`, `quit`, `verbosity`,
     /// `shutdown`) and for meta commands, which gate themselves.
@@ -282,16 +282,13 @@ impl TextSession {
             | Command::Shutdown { .. }
             | Command::Meta { .. } => None,
             _ => {
-                if !self.shared.serving() {
-                    // Sent even with noreply, as memcached sends its errors.
-                    out.extend_from_slice(crate::session::NOT_READY);
-                    if let Command::Store { len, .. } = cmd {
-                        self.swallow = len + 2;
-                    }
-                    Some(Step::Consumed(next))
-                } else {
-                    None
+                self.shared.readiness.refuse();
+                // Sent even with noreply, as memcached sends its errors.
+                out.extend_from_slice(crate::session::NOT_READY);
+                if let Command::Store { len, .. } = cmd {
+                    self.swallow = len + 2;
                 }
+                Some(Step::Consumed(next))
             }
         }
     }

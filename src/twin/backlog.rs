@@ -15,7 +15,7 @@
 //! the drop was noticed: every dropped record was stamped before then.
 
 use crate::mutation::{Mutation, Op};
-use crate::version::{now_ms, Version};
+use crate::version::Version;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +47,10 @@ pub fn version_of(m: &Mutation) -> u64 {
     }
 }
 
+fn millis_of(m: &Mutation) -> u64 {
+    Version::from_raw(version_of(m)).millis()
+}
+
 impl Backlog {
     /// An empty ring that covers nothing before `now_version` (records
     /// stamped earlier were never offered to it).
@@ -72,17 +76,16 @@ impl Backlog {
         while self.bytes > self.cap {
             self.pop();
         }
-        self.expire(now_ms());
+        // The newest record's own time stands for "now": no clock read per record.
+        self.expire(millis_of(m));
     }
 
-    /// Drop records older than the ttl (by their version's wall time).
+    /// Drop records older than the ttl before `now_ms` (by their version's
+    /// wall time). Run at each push with the pushed record's own time, so an
+    /// idle ring keeps its records (harmless: only memory, bounded by the cap).
     pub fn expire(&mut self, now_ms: u64) {
         let oldest_ok = now_ms.saturating_sub(self.ttl_ms);
-        while self
-            .ring
-            .front()
-            .is_some_and(|m| Version::from_raw(version_of(m)).millis() < oldest_ok)
-        {
+        while self.ring.front().is_some_and(|m| millis_of(m) < oldest_ok) {
             self.pop();
         }
     }
@@ -130,17 +133,16 @@ impl Backlog {
         self.ring.is_empty()
     }
 
-    /// Wall-clock age of the oldest record held, in ms (0 when empty).
-    pub fn age_ms(&self, now_ms: u64) -> u64 {
-        self.ring.front().map_or(0, |m| {
-            now_ms.saturating_sub(Version::from_raw(version_of(m)).millis())
-        })
+    /// Write time (Unix ms) of the oldest record held.
+    pub fn oldest_ms(&self) -> Option<u64> {
+        self.ring.front().map(|m| millis_of(m))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::version::now_ms;
     use bytes::Bytes;
 
     fn v(ms: u64, n: u64) -> u64 {
@@ -196,10 +198,12 @@ mod tests {
         let t0 = now_ms();
         let mut b = Backlog::new(1 << 20, Duration::from_secs(60), v(t0 - 120_000, 0));
         b.push(&rec(1, v(t0 - 90_000, 0)));
-        assert!(b.is_empty(), "older than the ttl");
-        assert!(b.replay_above(v(t0 - 100_000, 0)).is_none());
+        assert_eq!(b.len(), 1, "the newest record is never too old");
+        // A record 90 s newer makes the first one older than the ttl.
         b.push(&rec(2, v(t0, 1)));
-        assert_eq!(b.age_ms(t0 + 5), 5);
+        assert_eq!(b.len(), 1, "older than the ttl");
+        assert!(b.replay_above(v(t0 - 100_000, 0)).is_none());
+        assert_eq!(b.oldest_ms(), Some(t0));
         b.gap(v(t0, 5));
         assert!(b.is_empty());
         assert!(

@@ -111,9 +111,8 @@ impl TwinStats {
             .store(b.bytes() as u64, Ordering::Relaxed);
         self.backlog_records
             .store(b.len() as u64, Ordering::Relaxed);
-        let now = now_ms();
         self.backlog_oldest_ms
-            .store(now.saturating_sub(b.age_ms(now)), Ordering::Relaxed);
+            .store(b.oldest_ms().unwrap_or(0), Ordering::Relaxed);
         if trimmed > 0 {
             self.backlog_trimmed.fetch_add(trimmed, Ordering::Relaxed);
         }
