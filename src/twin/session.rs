@@ -16,7 +16,7 @@ use super::convert::{to_mutation, to_record};
 use super::framed::{FrameReader, FrameWriter, IoError};
 use super::handshake::Peer;
 use super::outbox::Outbox;
-use super::stats::TwinStats;
+use super::stats::{CatchupKind, TwinStats};
 use super::{blocking, Applied, ScanCursor, TwinConfig, TwinStore};
 use crate::protocol::twin::{record_wire_len, BatchWriter, Frame, Position, Record};
 use crate::version::{now_ms, Version};
@@ -326,6 +326,7 @@ struct Scan {
     logged: Instant,
     /// Some: a replay from the backlog instead of a table scan.
     replay: Option<VecDeque<Arc<crate::mutation::Mutation>>>,
+    kind: CatchupKind,
 }
 
 /// A running scan logs its progress this often.
@@ -459,14 +460,20 @@ fn start_replay(
     st.backlog_replays.fetch_add(1, Ordering::Relaxed);
     st.backlog_replayed
         .fetch_add(records.len() as u64, Ordering::Relaxed);
-    begin(node, s, floor, Some(records));
+    begin(node, s, floor, Some(records), CatchupKind::Backlog);
 }
 
 fn start_scan(node: &Node, s: &mut Sender, why: &str) {
     let floor = scan_floor(s.synced, node.cfg.resume_margin_ms);
     tracing::debug!("twin: table scan above version {floor} ({why})");
     node.stats.scans.fetch_add(1, Ordering::Relaxed);
-    begin(node, s, floor, None);
+    let kind = if floor == 0 {
+        node.stats.full_syncs.fetch_add(1, Ordering::Relaxed);
+        CatchupKind::Full
+    } else {
+        CatchupKind::Scan
+    };
+    begin(node, s, floor, None, kind);
 }
 
 /// Open a gap repair: a scan, or a replay of `replay`.
@@ -475,6 +482,7 @@ fn begin(
     s: &mut Sender,
     floor: u64,
     replay: Option<VecDeque<Arc<crate::mutation::Mutation>>>,
+    kind: CatchupKind,
 ) {
     let now = Instant::now();
     s.scan = Some(Scan {
@@ -486,6 +494,7 @@ fn begin(
         bytes: 0,
         logged: now,
         replay,
+        kind,
     });
     node.stats.scan_active.store(true, Ordering::Relaxed);
     node.stats.scan_percent.store(0, Ordering::Relaxed);
@@ -608,8 +617,10 @@ fn ship_scan_chunk<W>(node: &Node, wr: &mut FrameWriter<W>, s: &mut Sender) {
     if scan.replay.is_none() {
         st.scan_records.fetch_add(sent, Ordering::Relaxed);
     }
+    let bytes = wr.buf.len().saturating_sub(before) as u64;
     scan.records += sent;
-    scan.bytes += wr.buf.len().saturating_sub(before) as u64;
+    scan.bytes += bytes;
+    st.catchup_bytes.fetch_add(bytes, Ordering::Relaxed);
     match next {
         Some(c) => {
             let pct = match &scan.replay {
@@ -633,10 +644,13 @@ fn ship_scan_chunk<W>(node: &Node, wr: &mut FrameWriter<W>, s: &mut Sender) {
         None => {
             st.scan_active.store(false, Ordering::Relaxed);
             st.scan_percent.store(100, Ordering::Relaxed);
-            let secs = scan.began.elapsed().as_secs_f64();
+            let took = scan.began.elapsed();
+            st.note_catchup(scan.kind, scan.records, scan.bytes, took);
+            let secs = took.as_secs_f64();
             if secs >= 1.0 {
                 tracing::info!(
-                    "twin catch-up scan done: {} records, {:.1} MiB in {secs:.1} s",
+                    "twin catch-up ({}) done: {} records, {:.1} MiB in {secs:.1} s",
+                    scan.kind.name(),
                     scan.records,
                     scan.bytes as f64 / 1048576.0
                 );

@@ -75,12 +75,54 @@ pub struct TwinStats {
     pub backlog_oldest_ms: AtomicU64,
     pub backlog_replays: AtomicU64,
     pub backlog_replayed: AtomicU64,
+    /// Scans from version 0: the twin's data set was unknown or empty (also
+    /// counted in `scans`).
+    pub full_syncs: AtomicU64,
+    /// Bytes every catch-up (replay or scan) put on the wire.
+    pub catchup_bytes: AtomicU64,
+    /// The last finished catch-up: its kind ([`CatchupKind`] as u8, 0 none),
+    /// records and bytes shipped, and how long it took (µs).
+    pub last_catchup_kind: AtomicU8,
+    pub last_catchup_records: AtomicU64,
+    pub last_catchup_bytes: AtomicU64,
+    pub last_catchup_us: AtomicU64,
     /// Set when the link ended by a completed drain (shutdown).
     pub drained: std::sync::atomic::AtomicBool,
     gauge: OnceLock<Arc<QueueGauge>>,
     readiness: OnceLock<Arc<super::Readiness>>,
     /// The link's acknowledgement handle and whether writers wait on it.
     ack: OnceLock<(Arc<crate::mutation::AckHandle>, bool)>,
+}
+
+/// How a link-up (or an overflow) repaired the twin's gap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CatchupKind {
+    /// Records replayed from the backlog.
+    Backlog = 1,
+    /// A table scan above the twin's resume point.
+    Scan = 2,
+    /// A table scan of everything: the twin's resume point was 0.
+    Full = 3,
+}
+
+impl CatchupKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CatchupKind::Backlog => "backlog",
+            CatchupKind::Scan => "scan",
+            CatchupKind::Full => "full",
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(CatchupKind::Backlog),
+            2 => Some(CatchupKind::Scan),
+            3 => Some(CatchupKind::Full),
+            _ => None,
+        }
+    }
 }
 
 impl TwinStats {
@@ -116,6 +158,21 @@ impl TwinStats {
         if trimmed > 0 {
             self.backlog_trimmed.fetch_add(trimmed, Ordering::Relaxed);
         }
+    }
+
+    /// A catch-up finished: remember it for `repl_last_catchup*`.
+    pub(crate) fn note_catchup(
+        &self,
+        kind: CatchupKind,
+        records: u64,
+        bytes: u64,
+        took: std::time::Duration,
+    ) {
+        self.last_catchup_records.store(records, Ordering::Relaxed);
+        self.last_catchup_bytes.store(bytes, Ordering::Relaxed);
+        self.last_catchup_us
+            .store(took.as_micros() as u64, Ordering::Relaxed);
+        self.last_catchup_kind.store(kind as u8, Ordering::Relaxed);
     }
 
     /// Bytes of records waiting for the link.
@@ -204,6 +261,17 @@ impl TwinStats {
             ("repl_backlog_replayed", n(&self.backlog_replayed)),
             ("repl_scans", n(&self.scans)),
             ("repl_scan_records", n(&self.scan_records)),
+            ("repl_full_syncs", n(&self.full_syncs)),
+            ("repl_catchup_bytes", n(&self.catchup_bytes)),
+            (
+                "repl_last_catchup",
+                CatchupKind::from_u8(self.last_catchup_kind.load(Ordering::Relaxed))
+                    .map_or("none", CatchupKind::name)
+                    .to_string(),
+            ),
+            ("repl_last_catchup_records", n(&self.last_catchup_records)),
+            ("repl_last_catchup_bytes", n(&self.last_catchup_bytes)),
+            ("repl_last_catchup_us", n(&self.last_catchup_us)),
             (
                 "repl_scan_active",
                 u8::from(self.scan_active.load(Ordering::Relaxed)).to_string(),

@@ -347,8 +347,20 @@ async fn a_restarted_empty_peer_gets_everything_back() {
     assert_eq!(ready.state(), Serving::Ready);
     assert!(ready.caught_up_after().is_some());
     assert!(wait_until(10, || ta.readiness().state() == Serving::Ready).await);
-    assert!(ta.stats().scan_records.load(Ordering::Relaxed) >= 1000);
-    assert!(ta.stats().link_ups.load(Ordering::Relaxed) >= 2);
+    let sa = ta.stats();
+    assert!(sa.scan_records.load(Ordering::Relaxed) >= 1000);
+    assert!(sa.link_ups.load(Ordering::Relaxed) >= 2);
+    // B came back with an unknown data set: A's repair was a full sync.
+    assert!(
+        sa.full_syncs.load(Ordering::Relaxed) >= 2,
+        "first link and the restart"
+    );
+    assert_eq!(
+        sa.last_catchup_kind.load(Ordering::Relaxed),
+        super::stats::CatchupKind::Full as u8
+    );
+    assert!(sa.last_catchup_records.load(Ordering::Relaxed) >= 1000);
+    assert!(sa.last_catchup_bytes.load(Ordering::Relaxed) >= 1000 * 3);
     b2.set(b"after", b"restart");
     assert!(wait_until(5, || a.get(b"after").is_some()).await);
     ta.stop().await;
@@ -533,7 +545,7 @@ async fn drain_returns_once_the_twin_applied_everything() {
 /// A cut while both sides write, healed: with the backlog holding the gap,
 /// both sides replay it (no table scan beyond the link-up ones); with no
 /// backlog, both scan. Either way they converge.
-async fn cut_and_heal(backlog_bytes: usize) -> (u64, u64, u64) {
+async fn cut_and_heal(backlog_bytes: usize) -> (u64, u64, u64, [u8; 2]) {
     let (la, _aa) = bind().await;
     let (lb, ab) = bind().await;
     let relay = Relay::start(ab).await;
@@ -579,27 +591,31 @@ async fn cut_and_heal(backlog_bytes: usize) -> (u64, u64, u64) {
     let new_scans = st(&ta, |s| &s.scans) + st(&tb, |s| &s.scans) - scans;
     let replays = st(&ta, |s| &s.backlog_replays) + st(&tb, |s| &s.backlog_replays);
     let replayed = st(&ta, |s| &s.backlog_replayed) + st(&tb, |s| &s.backlog_replayed);
+    let kinds = [&ta, &tb].map(|t| t.stats().last_catchup_kind.load(Ordering::Relaxed));
     relay.task.abort();
     ta.stop().await;
     tb.stop().await;
-    (new_scans, replays, replayed)
+    (new_scans, replays, replayed, kinds)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_cut_is_repaired_from_the_backlog() {
-    let (scans, replays, replayed) = cut_and_heal(1 << 20).await;
+    let (scans, replays, replayed, kinds) = cut_and_heal(1 << 20).await;
     assert_eq!(
         (scans, replays),
         (0, 2),
         "both sides replayed, neither scanned"
     );
+    assert_eq!(kinds, [super::stats::CatchupKind::Backlog as u8; 2]);
     assert!(replayed >= 400, "{replayed} records replayed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_backlog_the_heal_scans() {
-    let (scans, replays, _) = cut_and_heal(0).await;
+    let (scans, replays, _, kinds) = cut_and_heal(0).await;
     assert_eq!((scans, replays), (2, 0));
+    // Both sides knew each other's position: partial scans, not full syncs.
+    assert_eq!(kinds, [super::stats::CatchupKind::Scan as u8; 2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
