@@ -173,6 +173,10 @@ pub struct Cli {
     /// once, "forever" = never serve without the twin).
     #[arg(long = "peer-wait", value_name = "SECS|forever")]
     pub peer_wait: Option<String>,
+    /// While catching up: refuse client connections (default: the client
+    /// port listens once caught up), close them unanswered, or answer errors.
+    #[arg(long = "not-ready", value_name = "refuse|close|error", value_enum)]
+    pub not_ready: Option<crate::twin::NotReadyReply>,
     /// Answer a write only once the twin has applied it (set on both nodes).
     #[arg(long = "replication-ack")]
     pub replication_ack: bool,
@@ -225,6 +229,7 @@ pub struct FileConfig {
     pub tombstone_ttl: Option<u64>,
     pub replication_queue_mb: Option<u64>,
     pub peer_wait: Option<PeerWaitValue>,
+    pub not_ready: Option<crate::twin::NotReadyReply>,
     pub replication_ack: Option<bool>,
     pub replication_ack_timeout: Option<u64>,
     pub replication_backlog_mb: Option<u64>,
@@ -259,6 +264,8 @@ pub struct ReplicationSettings {
     pub max_clock_skew: Duration,
     pub queue_bytes: usize,
     pub peer_wait: crate::twin::PeerWait,
+    /// `--not-ready`: how requests are refused while catching up.
+    pub not_ready: crate::twin::NotReadyReply,
     /// `--replication-ack`: how long a write waits for the twin at most.
     pub ack_timeout: Option<Duration>,
     /// The backlog's bounds.
@@ -501,6 +508,7 @@ impl Settings {
                 max_clock_skew: cli.max_clock_skew.or(file.max_clock_skew),
                 queue_mb: cli.replication_queue_mb.or(file.replication_queue_mb),
                 peer_wait: cli.peer_wait.map(PeerWaitValue::Word).or(file.peer_wait),
+                not_ready: cli.not_ready.or(file.not_ready),
                 ack: cli.replication_ack || file.replication_ack.unwrap_or(false),
                 ack_timeout_ms: cli.replication_ack_timeout.or(file.replication_ack_timeout),
                 backlog_mb: cli.replication_backlog_mb.or(file.replication_backlog_mb),
@@ -557,6 +565,7 @@ struct ReplicationInput {
     max_clock_skew: Option<u64>,
     queue_mb: Option<u64>,
     peer_wait: Option<PeerWaitValue>,
+    not_ready: Option<crate::twin::NotReadyReply>,
     ack: bool,
     ack_timeout_ms: Option<u64>,
     backlog_mb: Option<u64>,
@@ -577,6 +586,9 @@ fn resolve_replication(
         }
         if input.peer_wait.is_some() {
             return Err(ConfigError::ReplicationWithoutPeer("--peer-wait"));
+        }
+        if input.not_ready.is_some() {
+            return Err(ConfigError::ReplicationWithoutPeer("--not-ready"));
         }
         if input.ack || input.ack_timeout_ms.is_some() {
             return Err(ConfigError::ReplicationWithoutPeer("--replication-ack"));
@@ -631,6 +643,7 @@ fn resolve_replication(
         max_clock_skew: Duration::from_secs(skew),
         queue_bytes: usize::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
         peer_wait,
+        not_ready: input.not_ready.unwrap_or_default(),
         ack_timeout: match (input.ack, input.ack_timeout_ms) {
             (false, None) => None,
             (false, Some(_)) => return Err(ConfigError::AckTimeoutWithoutAck),
@@ -968,6 +981,38 @@ mod tests {
         );
         let e = Settings::from_args(vec!["memtwin", "--replication-ack"]).expect_err("refused");
         assert!(e.to_string().contains("need --peer"), "{e}");
+    }
+
+    #[test]
+    fn not_ready_flag_and_file_key() {
+        use crate::twin::NotReadyReply;
+        let dir = tempfile::tempdir().expect("tmp");
+        let secret = secret_file(dir.path(), b"0123456789abcdef0123\n");
+        let with = |extra: &[&str]| {
+            let mut v = vec!["--peer", "b:12211", "--replication-secret", &secret];
+            v.extend_from_slice(extra);
+            settings(&v).replication.expect("on").not_ready
+        };
+        assert_eq!(with(&[]), NotReadyReply::Refuse);
+        assert_eq!(with(&["--not-ready", "close"]), NotReadyReply::Close);
+        assert_eq!(with(&["--not-ready", "error"]), NotReadyReply::Error);
+        let path = dir.path().join("memtwin.toml");
+        std::fs::write(&path, "not-ready = \"error\"\n").expect("write");
+        assert_eq!(
+            with(&["--config", path.to_str().expect("utf8")]),
+            NotReadyReply::Error
+        );
+        assert!(Settings::from_args(vec!["memtwin", "--not-ready", "error"]).is_err());
+        assert!(Settings::from_args(vec![
+            "memtwin",
+            "--peer",
+            "b:1",
+            "--replication-secret",
+            &secret,
+            "--not-ready",
+            "maybe"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -209,10 +209,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(r) = &settings.replication {
         // Gated from the first connection: a client must never read a miss
         // for a session the twin holds.
-        shared.readiness = Arc::new(match r.peer_wait {
-            crate::twin::PeerWait::For(d) if d.is_zero() => crate::twin::Readiness::alone(),
-            _ => crate::twin::Readiness::gated(),
-        });
+        shared.readiness = Arc::new(
+            match r.peer_wait {
+                crate::twin::PeerWait::For(d) if d.is_zero() => crate::twin::Readiness::alone(),
+                _ => crate::twin::Readiness::gated(),
+            }
+            .with_reply(r.not_ready),
+        );
     }
     let shared = Arc::new(shared);
     // Before the listeners exist: a client (or systemd) can see the port and
@@ -225,7 +228,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         FdLimit::Enough(_) | FdLimit::Short(_) => {}
     }
     let inherited = crate::systemd::listen_fds();
-    let listeners = server::bind_all(&settings, &inherited).context("cannot listen")?;
+    let listeners = server::bind_all(&settings, &inherited, shared.readiness.defers_listening())
+        .context("cannot listen")?;
     if let Some(p) = &settings.pidfile {
         write_pidfile(p)?;
     }
@@ -364,7 +368,7 @@ fn start_persistence(
 }
 
 /// `READY=1` once clients are answered: at once, or, with a twin, after the
-/// catch-up (clients get errors meanwhile, and systemd sees progress).
+/// catch-up (client requests are refused meanwhile, and systemd sees progress).
 async fn announce_ready(notifier: crate::systemd::Notifier, shared: Arc<Shared>, listeners: usize) {
     let readiness = shared.readiness.clone();
     if !readiness.serving() {
@@ -373,8 +377,15 @@ async fn announce_ready(notifier: crate::systemd::Notifier, shared: Arc<Shared>,
             .replication
             .as_ref()
             .map_or("", |r| r.peer.as_str());
+        let how = if readiness.defers_listening() {
+            "the client port listens once caught up"
+        } else if readiness.refusal_closes() {
+            "their connections are closed unanswered"
+        } else {
+            "they get a not-ready error"
+        };
         tracing::info!(
-            "catching up with the twin {peer} before serving: clients get errors until then"
+            "catching up with the twin {peer} before serving: client requests are refused ({how}) until then"
         );
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
         loop {

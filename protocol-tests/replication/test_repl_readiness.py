@@ -38,11 +38,17 @@ def items(n):
 
 
 def get_or_error(c, keys):
-    """`get k1 k2 ...`: ("error", line) for the not-ready error, else ("hits", n)."""
+    """`get k1 k2 ...`: ("error", line) for the not-ready error, ("closed",
+    None) for a connection closed unanswered (--not-ready close), else
+    ("hits", n)."""
     c.send(b"get " + b" ".join(keys) + b"\r\n")
     hits = 0
     for _ in range(len(keys) + 1):
-        line = c.read_line()
+        try:
+            line = c.read_line()
+        except ConnectionError:
+            assert hits == 0, "closed after values"
+            return "closed", None
         if line.startswith(NOT_READY):
             assert hits == 0, "an error after values: %r" % line
             return "error", line
@@ -57,16 +63,35 @@ def get_or_error(c, keys):
 def hammer_until_caught_up(node, keys, timeout=60.0, batch=100):
     """Read every key from `node` in batches from the moment it listens,
     until one full pass hits everything. Fails on any miss; returns the number
-    of not-ready errors seen."""
-    c = node.connect(timeout=10)
+    of refusals seen (errors, or connections closed unanswered)."""
     errors, passes = 0, 0
     deadline = time.monotonic() + timeout
+
+    def connect():
+        # --not-ready refuse: the port listens once the node is caught up.
+        nonlocal errors
+        for _ in range(int(timeout / 0.01)):
+            try:
+                return node.connect(timeout=10)
+            except ConnectionRefusedError:
+                errors += 1
+                assert time.monotonic() < deadline, "never listened (%d refusals)" % errors
+                time.sleep(0.01)
+        raise AssertionError("never listened")
+
+    c = connect()
     try:
         for passes in range(1, 10_000):
             all_hit = True
             for i in range(0, len(keys), batch):
                 chunk = keys[i:i + batch]
                 kind, n = get_or_error(c, chunk)
+                if kind == "closed":
+                    errors += 1
+                    all_hit = False
+                    c.close()
+                    c = connect()
+                    break
                 if kind == "error":
                     errors += 1
                     all_hit = False
@@ -82,8 +107,9 @@ def hammer_until_caught_up(node, keys, timeout=60.0, batch=100):
     raise AssertionError("too many passes")
 
 
-def test_restarted_empty_node_answers_errors_then_hits_never_a_miss(make_pair):
-    p = make_pair()
+@pytest.mark.parametrize("not_ready", ["refuse", "close", "error"])
+def test_restarted_empty_node_refuses_then_hits_never_a_miss(make_pair, not_ready):
+    p = make_pair(extra=("--not-ready", not_ready))
     fill(p.a, SESSIONS)
     assert wait_until(lambda: items(p.b) == SESSIONS, timeout=60), items(p.b)
     keys = [b"sess:%d" % i for i in range(SESSIONS)]
@@ -93,13 +119,17 @@ def test_restarted_empty_node_answers_errors_then_hits_never_a_miss(make_pair):
     # The twin kept serving and lost nothing.
     assert items(p.a) == SESSIONS
     assert p.b.stat("state") == "ready"
-    assert int(p.b.stat("not_ready_replies")) >= errors
+    if not_ready == "refuse":
+        # Refused connections never reach the daemon.
+        assert int(p.b.stat("not_ready_replies")) == 0
+    else:
+        assert int(p.b.stat("not_ready_replies")) >= errors
     assert p.b.log_matches(r"caught up with the twin after")
     print("catch-up of %d sessions: %d not-ready replies seen by one reader" % (SESSIONS, errors))
 
 
 def test_binary_and_meta_clients_get_errors_while_catching_up(make_pair):
-    p = make_pair()
+    p = make_pair(extra=("--not-ready", "error"))
     fill(p.a, 50_000, prefix=b"bin:")
     assert wait_until(lambda: items(p.b) == 50_000, timeout=60)
     p.b.kill9()
@@ -112,7 +142,7 @@ def test_binary_and_meta_clients_get_errors_while_catching_up(make_pair):
             k = b"bin:%d" % (i % 50_000)
             b.send(bp.req(bp.GETK, k))
             pk = bp.read_packet(b)
-            assert pk.status in (bp.SUCCESS, 0x86), pk
+            assert pk.status in (bp.SUCCESS, 0x84), pk
             seen.add(("bin", pk.status))
             parts, _ = t.meta(b"mg " + k + b" v")
             assert parts[0] in (b"VA", b"SERVER_ERROR"), parts
@@ -130,7 +160,7 @@ def test_unreachable_twin_gates_for_peer_wait_then_serves_alone_then_merges(node
     ha, hb = "127.0.0.2", "127.0.0.3"
     a_repl, b_repl = free_port(ha), free_port(hb)
     a = node(ha, "a", start=False, node_id=1, secret=secret, repl_port=a_repl,
-             peer="%s:%d" % (hb, b_repl), peer_wait=3)
+             peer="%s:%d" % (hb, b_repl), peer_wait=3, extra=("--not-ready", "error"))
     t0 = time.monotonic()
     a.start(serving=False)
     c = a.connect()
@@ -159,7 +189,8 @@ def test_peer_wait_forever_never_serves_without_the_twin(node, workdir):
     secret = make_secret(os.path.join(workdir, "secret"))
     h = "127.0.0.2"
     a = node(h, "a", start=False, node_id=1, secret=secret,
-             peer="127.0.0.3:%d" % free_port("127.0.0.3"), peer_wait="forever")
+             peer="127.0.0.3:%d" % free_port("127.0.0.3"), peer_wait="forever",
+             extra=("--not-ready", "error"))
     a.start(serving=False)
     for _ in range(3):
         time.sleep(1)
@@ -323,3 +354,34 @@ def test_without_replication_ack_the_twin_may_lag(make_pair):
         b.close()
     p.link.resume()
     converged(p.a, p.b, b"async")
+
+
+@pytest.mark.parametrize("binary", [False, pytest.param(True, marks=pytest.mark.binary)],
+                         ids=["text", "binary"])
+def test_libmemcached_sees_a_failed_server_never_a_miss_while_catching_up(node, workdir, binary):
+    """Why `--not-ready refuse` is the default: libmemcached's memcached_get
+    (pylibmc here, PHP's session handler too) returns NOT FOUND, a miss, for
+    a `get` answered with an error and for a connection closed after the
+    request; only a refused connection stays an error. All three are checked,
+    so a libmemcached that changes any of them shows up here."""
+    pylibmc = pytest.importorskip("pylibmc")
+    secret = make_secret(os.path.join(workdir, "secret"))
+    unreachable = "127.0.0.3:%d" % free_port("127.0.0.3")
+    got = {}
+    for mode in ("refuse", "close", "error"):
+        n = node("127.0.0.2", "a-" + mode, start=False, node_id=1, secret=secret,
+                 peer=unreachable, peer_wait="forever", extra=("--not-ready", mode))
+        n.start(serving=False)
+        c = pylibmc.Client([n.addr], binary=binary)
+        try:
+            got[mode] = ("value", c.get("sess:1"))
+        except pylibmc.Error as e:
+            got[mode] = ("error", type(e).__name__)
+        if mode != "refuse":
+            assert n.stat_int("not_ready_replies") >= 1, n.log_tail()
+            assert n.stat("state") == "catching_up"
+        n.stop()
+    assert got["refuse"][0] == "error", got
+    # The client's own defects, kept visible: both read as a miss.
+    assert got["close"] == ("value", None), got
+    assert got["error"] == ("value", None), got

@@ -409,10 +409,11 @@ class Node:
 
     def start(self, timeout=20.0, serving=True):
         """Spawn and wait until it answers `version` with VERSION (`serving`),
-        or with anything at all (a node with a twin answers the not-ready
-        error until it has caught up)."""
+        or accepts at all (a node with a twin refuses requests until it has
+        caught up: it closes the connection, or answers the not-ready error)."""
         self.starts += 1
         argv = self.argv()
+        log_from = self.log_size()
         with open(self.log_path, "ab") as log:
             log.write(("\n+ [start %d] %s\n" % (self.starts, " ".join(argv))).encode())
             log.flush()
@@ -427,10 +428,18 @@ class Node:
                     s.sendall(b"version\r\n")
                     s.settimeout(1.0)
                     got = s.recv(100)
-                    if got.startswith(b"VERSION") or (got.startswith(NOT_READY) and not serving):
+                    # Catching up, the node refuses `version`: the not-ready
+                    # error (--not-ready error) or a close without a reply.
+                    if got.startswith(b"VERSION") or (
+                            not serving and (got.startswith(NOT_READY) or got == b"")):
                         return self
             except OSError:
                 pass
+            # --not-ready refuse (the default): the client port listens only
+            # once caught up; the log says the node is up and catching up.
+            if not serving and self.log_matches(r"before serving: client requests are refused",
+                                                since=log_from):
+                return self
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.05)

@@ -75,10 +75,10 @@ pub enum Status {
     AuthContinue = 0x0021,
     UnknownCommand = 0x0081,
     OutOfMemory = 0x0082,
-    /// memtwin: persistence cannot accept the write (disk full, I/O error).
+    /// memcached's "Internal error". memtwin: persistence cannot accept the
+    /// write (disk full, I/O error), or the node is still catching up with
+    /// its twin ([`put_not_ready`]).
     Internal = 0x0084,
-    /// memcached's "Temporary failure": memtwin is catching up with its twin.
-    TemporaryFailure = 0x0086,
 }
 
 impl Status {
@@ -96,7 +96,6 @@ impl Status {
             Status::UnknownCommand => b"Unknown command",
             Status::OutOfMemory => b"Out of memory",
             Status::Internal => b"Unable to persist write",
-            Status::TemporaryFailure => b"Temporary failure: catching up with the twin",
         }
     }
 }
@@ -439,6 +438,19 @@ pub fn put_response(
 /// Append an error response: no extras, no key, CAS 0, the status text as value.
 pub fn put_error(out: &mut bytes::BytesMut, to: ReplyTo, status: Status) {
     put_response(out, to, status, 0, &[], &[], status.message());
+}
+
+/// The body of the not-ready reply.
+pub const NOT_READY_MESSAGE: &[u8] = b"Not ready: catching up with the twin";
+
+/// The reply to a request while the node catches up with its twin: status
+/// 0x0084 "Internal error", which every client surfaces as an error. Not
+/// 0x0085 "Busy" or 0x0086 "Temporary failure": spymemcached turns those
+/// into a plain failed status, and a `get` that fails that way returns null,
+/// the same as a miss (measured: a session client read thousands of "lost"
+/// sessions from a catching-up node with 0x0086).
+pub fn put_not_ready(out: &mut bytes::BytesMut, to: ReplyTo) {
+    put_response(out, to, Status::Internal, 0, &[], &[], NOT_READY_MESSAGE);
 }
 
 #[cfg(test)]

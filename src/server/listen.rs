@@ -12,6 +12,10 @@ use tokio::net::{TcpListener, TcpSocket, UnixListener};
 pub enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener, PathBuf),
+    /// Bound, not listening yet (`--not-ready refuse`): connections are
+    /// refused until [`Listener::listen`].
+    /// (The socket is an Option only so that `listen` can move it out.)
+    Deferred(Option<TcpSocket>, u32),
 }
 
 impl Stream {
@@ -44,8 +48,22 @@ impl Stream {
 }
 
 impl Listener {
+    /// Start listening (a no-op unless deferred).
+    pub fn listen(mut self) -> io::Result<Listener> {
+        if let Listener::Deferred(sock, backlog) = &mut self {
+            if let Some(sock) = sock.take() {
+                return Ok(Listener::Tcp(sock.listen(*backlog)?));
+            }
+        }
+        Ok(self)
+    }
+
     pub async fn accept(&self) -> io::Result<Stream> {
         match self {
+            Listener::Deferred(..) => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "listener not listening yet",
+            )),
             Listener::Tcp(l) => {
                 let (s, _) = l.accept().await?;
                 let _ = s.set_nodelay(true);
@@ -62,6 +80,11 @@ impl Listener {
                 .local_addr()
                 .map(|a| format!("tcp:{a}"))
                 .unwrap_or_else(|_| "tcp".into()),
+            Listener::Deferred(s, _) => s
+                .as_ref()
+                .and_then(|s| s.local_addr().ok())
+                .map(|a| format!("tcp:{a}"))
+                .unwrap_or_else(|| "tcp".into()),
             Listener::Unix(_, p) => format!("unix:{}", p.display()),
         }
     }
@@ -72,6 +95,11 @@ impl Listener {
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "tcp".into()),
+            Listener::Deferred(s, _) => s
+                .as_ref()
+                .and_then(|s| s.local_addr().ok())
+                .map(|a| format!("{a} (listening once caught up with the twin)"))
+                .unwrap_or_else(|| "tcp".into()),
             Listener::Unix(_, p) => format!("unix:{}", p.display()),
         }
     }
@@ -115,8 +143,13 @@ fn resolve(spec: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
 
 /// Bind every configured listener (before privileges are dropped). Listeners
 /// inherited from systemd socket activation (named `memcache`, or unnamed)
-/// replace the configured addresses.
-pub fn bind_all(settings: &Settings, inherited: &[InheritedFd]) -> io::Result<Listeners> {
+/// replace the configured addresses. With `defer`, TCP sockets are bound (so
+/// a taken port fails the start) but listen only later.
+pub fn bind_all(
+    settings: &Settings,
+    inherited: &[InheritedFd],
+    defer: bool,
+) -> io::Result<Listeners> {
     let mut out = Vec::new();
     for fd in inherited
         .iter()
@@ -155,7 +188,11 @@ pub fn bind_all(settings: &Settings, inherited: &[InheritedFd]) -> io::Result<Li
             sock.set_reuseaddr(true)?;
             sock.bind(addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
-            out.push(Listener::Tcp(sock.listen(settings.backlog)?));
+            out.push(if defer {
+                Listener::Deferred(Some(sock), settings.backlog)
+            } else {
+                Listener::Tcp(sock.listen(settings.backlog)?)
+            });
         }
     }
     Ok(Listeners(out))

@@ -128,6 +128,26 @@ async fn accept_loop(
     workers: Arc<worker::Workers>,
 ) {
     let listen_addr = listener.stat_addr();
+    // `--not-ready refuse`: connections are refused until caught up.
+    let listener = if matches!(listener, Listener::Deferred(..)) {
+        tokio::select! {
+            _ = shared.readiness.wait_serving() => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        match listener.listen() {
+            Ok(l) => {
+                tracing::info!("listening on {} for clients", l.describe());
+                l
+            }
+            Err(e) => {
+                tracing::error!("cannot listen on {listen_addr}: {e}; shutting down");
+                shared.shutdown.cancel();
+                return;
+            }
+        }
+    } else {
+        listener
+    };
     let _registered = shared.conns.register(ConnEntry {
         addr: listen_addr.clone(),
         listen_addr: listen_addr.clone(),

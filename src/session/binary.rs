@@ -128,9 +128,12 @@ impl BinarySession {
             Err(e) => return reject(e, h, out),
         };
         if gated(req.kind) && !self.shared.serving() {
-            // Catching up with the twin: an error (the client fails over),
-            // never a miss. The value, if any, is skipped unbuffered.
-            put_error(out, to, Status::TemporaryFailure);
+            // Catching up with the twin: close, or an error (the client
+            // fails over), never a miss. A value is skipped unbuffered.
+            if self.shared.readiness.refusal_closes() {
+                return Step::Close;
+            }
+            bin::put_not_ready(out, to);
             return Step::Consumed(h.packet_len());
         }
         let e = &self.shared.engine;
@@ -555,6 +558,23 @@ mod tests {
     }
 
     #[test]
+    fn catching_up_closes_unanswered_by_default() {
+        let mut sh = Shared::for_tests();
+        sh.readiness = Arc::new(crate::twin::Readiness::gated());
+        let sh = Arc::new(sh);
+        let mut s = BinarySession::new(sh.clone());
+        // A noop is answered; the get closes the connection without a reply.
+        let mut batch = req(op::NOOP, b"", &[], &[], 0, 1);
+        batch.extend(req(op::GET, b"k", &[], &[], 0, 2));
+        batch.extend(req(op::NOOP, b"", &[], &[], 0, 3));
+        let (out, closed) = run(&mut s, &[&batch]);
+        assert!(closed);
+        assert_eq!(out.len(), 24, "only the first noop's reply");
+        assert_eq!((out[1], status_of(&out)), (op::NOOP, 0));
+        assert_eq!(sh.readiness.refused(), 1);
+    }
+
+    #[test]
     fn stats_replication_group_only_with_a_peer() {
         let sh = shared(false);
         let mut s = BinarySession::new(sh.clone());
@@ -574,9 +594,10 @@ mod tests {
     }
 
     #[test]
-    fn catching_up_answers_temporary_failure_never_a_miss() {
+    fn catching_up_answers_an_internal_error_never_a_miss() {
         let mut sh = Shared::for_tests();
-        sh.readiness = Arc::new(crate::twin::Readiness::gated());
+        sh.readiness =
+            Arc::new(crate::twin::Readiness::gated().with_reply(crate::twin::NotReadyReply::Error));
         let sh = Arc::new(sh);
         let mut s = BinarySession::new(sh.clone());
         let set = req(op::SET, b"k", &[0, 0, 0, 7, 0, 0, 0, 0], b"value", 0, 1);
@@ -587,10 +608,12 @@ mod tests {
         rest.extend(req(op::STAT, b"", &[], &[], 0, 3));
         let (out, closed) = run(&mut s, &[head, &rest]);
         assert!(!closed);
-        assert_eq!(status_of(&out), Status::TemporaryFailure as u16);
+        assert_eq!(status_of(&out), Status::Internal as u16);
+        let body = &out[24..24 + u32::from_be_bytes([out[8], out[9], out[10], out[11]]) as usize];
+        assert_eq!(body, bin::NOT_READY_MESSAGE);
         let second = &out[24 + u32::from_be_bytes([out[8], out[9], out[10], out[11]]) as usize..];
         assert_eq!(second[1], op::GETKQ, "a quiet get gets the error too");
-        assert_eq!(status_of(second), Status::TemporaryFailure as u16);
+        assert_eq!(status_of(second), Status::Internal as u16);
         assert_eq!(sh.readiness.refused(), 2);
         sh.readiness.synced();
         let mut batch = req(op::SET, b"k", &[0, 0, 0, 7, 0, 0, 0, 0], b"v", 0, 4);

@@ -35,6 +35,10 @@ pub enum Step {
         consumed: usize,
         swallow: usize,
     },
+    /// Refused while catching up with `--not-ready close`: close unanswered.
+    Close {
+        consumed: usize,
+    },
 }
 
 /// Execute the meta command `m<cmd>` whose line ends at `next` in `input`.
@@ -64,6 +68,9 @@ pub fn execute(
         }
     };
     if req.kind != Kind::Noop && !shared.serving() {
+        if shared.readiness.refusal_closes() {
+            return Step::Close { consumed: next };
+        }
         out.put_slice(crate::session::NOT_READY);
         return match req.kind {
             Kind::Set => Step::Swallow {

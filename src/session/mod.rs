@@ -61,8 +61,8 @@ impl Shared {
         }
     }
 
-    /// False while this node must answer [`NOT_READY`] (counted) instead of
-    /// executing a request.
+    /// False while this node must refuse a request (counted): close the
+    /// connection or answer [`NOT_READY`], by `--not-ready`.
     #[inline]
     pub fn serving(&self) -> bool {
         if self.readiness.serving() {

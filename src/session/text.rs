@@ -264,14 +264,16 @@ impl TextSession {
                         self.swallow = swallow;
                         Step::Consumed(consumed)
                     }
+                    crate::session::meta::Step::Close { consumed } => Step::Close(consumed),
                 };
             }
         }
         Step::Consumed(next)
     }
 
-    /// While catching up with the twin (the caller checked): the error instead of executing `cmd`
-    /// (a data block is discarded unbuffered), or None for the commands that
+    /// While catching up with the twin (the caller checked): close the
+    /// connection, or the error instead of executing `cmd` (a data block is
+    /// discarded unbuffered), by `--not-ready`; or None for the commands that
     /// reveal no data and stay available (`stats`, `quit`, `verbosity`,
     /// `shutdown`) and for meta commands, which gate themselves.
     fn not_ready(&mut self, cmd: &Command, next: usize, out: &mut BytesMut) -> Option<Step> {
@@ -283,6 +285,11 @@ impl TextSession {
             | Command::Meta { .. } => None,
             _ => {
                 self.shared.readiness.refuse();
+                if self.shared.readiness.refusal_closes() {
+                    // What came before this request is answered, then the
+                    // connection closes: the client goes to the twin.
+                    return Some(Step::Close(next));
+                }
                 // Sent even with noreply, as memcached sends its errors.
                 out.extend_from_slice(crate::session::NOT_READY);
                 if let Command::Store { len, .. } = cmd {
@@ -457,7 +464,8 @@ mod tests {
     #[test]
     fn catching_up_answers_errors_never_misses_then_serves() {
         let mut sh = Shared::for_tests();
-        sh.readiness = Arc::new(crate::twin::Readiness::gated());
+        sh.readiness =
+            Arc::new(crate::twin::Readiness::gated().with_reply(crate::twin::NotReadyReply::Error));
         let sh = Arc::new(sh);
         let ready = sh.readiness.clone();
         let nr = "SERVER_ERROR not ready: catching up with the twin\r\n";
@@ -485,6 +493,44 @@ mod tests {
             "STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n"
         );
         assert_eq!(ready.refused(), 10);
+    }
+
+    #[test]
+    fn catching_up_closes_at_the_first_gated_request_by_default() {
+        let mut sh = Shared::for_tests();
+        sh.readiness = Arc::new(crate::twin::Readiness::gated());
+        let sh = Arc::new(sh);
+        let ready = sh.readiness.clone();
+        for (input, answered) in [
+            (
+                &b"stats settings\r\nmn\r\nget k\r\nversion\r\n"[..],
+                "MN\r\n",
+            ),
+            (b"mg k v\r\nget k\r\n", ""),
+            (b"set k 0 0 1\r\nv\r\n", ""),
+        ] {
+            let mut s = TextSession::new(sh.clone());
+            let mut buf = BytesMut::from(input);
+            let mut out = BytesMut::new();
+            let mut flow = Flow::Flush;
+            for _ in 0..10 {
+                flow = s.process(&mut buf, &mut out);
+                if !matches!(flow, Flow::Flush) {
+                    break;
+                }
+            }
+            assert!(matches!(flow, Flow::Close), "{input:?}");
+            let text = String::from_utf8_lossy(&out).into_owned();
+            assert!(text.ends_with(answered), "{input:?}: {text:?}");
+            assert!(!text.contains("VALUE") && !text.contains("END\r\nEND"));
+            assert!(!text.contains("SERVER_ERROR") && !text.contains("STORED"));
+        }
+        assert_eq!(ready.refused(), 3);
+        ready.synced();
+        assert_eq!(
+            run_on(sh, b"set k 0 0 1\r\nv\r\nget k\r\n"),
+            "STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n"
+        );
     }
 
     fn request() -> impl Strategy<Value = Vec<u8>> {

@@ -51,7 +51,7 @@ use crate::version::Hlc;
 use std::sync::Arc;
 
 pub use config::TwinConfig;
-pub use readiness::{PeerWait, Readiness, Serving};
+pub use readiness::{NotReadyReply, PeerWait, Readiness, Serving};
 pub use stats::TwinStats;
 pub use supervisor::Twin;
 

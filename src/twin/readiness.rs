@@ -3,22 +3,27 @@
 //! Session clients treat a miss as "no session": the user is logged out. A
 //! node that restarts while its twin holds the sessions must therefore not
 //! answer a single `get` until it has caught up, yet it must answer *something*
-//! (an error), because with socket activation the kernel accepts connections
-//! before the daemon runs, and an error makes every session client fail over
-//! to the twin where a timeout would stall it.
+//! at once, because with socket activation the kernel accepts connections
+//! before the daemon runs, and a timeout would stall every client where a
+//! failure makes it go to the twin.
 //!
 //! So a node started with `--peer` is `catching_up` until the twin has sent
 //! it everything (the first [`crate::protocol::twin::Frame::Synced`] of a
 //! link: the twin's link-up scan is complete), and every client request but
-//! `stats`, `quit`, `mn`, `noop` and `verbosity` gets an error meanwhile. If
+//! `stats`, `quit`, `mn`, `noop` and `verbosity` is refused meanwhile. If
 //! the twin cannot be reached for `--peer-wait` seconds it serves alone, with
 //! a loud warning; it catches up both ways when the twin appears.
 //!
-//! A node that has served once is never gated again: when the link drops it
-//! serves `alone`, and when the link returns it merges while serving (gating
-//! both twins after a network cut would turn a split into an outage).
-//!
-//! Sessions read the state with one relaxed atomic load per request.
+//! Refused how ([`NotReadyReply`], `--not-ready`): by default the client
+//! port is bound but not listening, so connections are refused, which every
+//! client takes for a failed server (it goes to the twin). With socket
+//! activation the port listens before the daemon runs; there, and on a unix
+//! socket, a refused request closes its connection instead. The other
+//! choices are for clients known to cope with them, and not the default
+//! because libmemcached's `memcached_get` (PHP's session handler, pylibmc)
+//! returns "not found", a miss, for a `get` answered with an error, for a
+//! connection closed after the request, and for a timeout: measured with
+//! libmemcached 1.1.4, where only a refused connection stays an error.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -56,6 +61,24 @@ impl Serving {
     }
 }
 
+/// How a catching-up node refuses a client request (`--not-ready`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotReadyReply {
+    /// Do not listen on the client port until caught up: connections are
+    /// refused (inherited and unix listeners: as `Close`).
+    #[default]
+    Refuse,
+    /// Accept, and close the connection at its first gated request, without
+    /// an answer.
+    Close,
+    /// Answer `SERVER_ERROR not ready` (text, meta) or binary status 0x0084:
+    /// clients that surface errors (pymemcache, spymemcached) go to the twin,
+    /// and `stats` on the same connection keeps working; libmemcached reads
+    /// the error to a `get` as a miss.
+    Error,
+}
+
 /// How long a node without its twin waits before serving alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerWait {
@@ -72,8 +95,9 @@ pub struct Readiness {
     started: Instant,
     /// Milliseconds from start to the first catch-up; 0 = not yet.
     caught_up_after_ms: AtomicU64,
-    /// Client requests answered with the not-ready error.
+    /// Client requests refused while catching up.
     refused: AtomicU64,
+    reply: NotReadyReply,
 }
 
 impl Readiness {
@@ -84,7 +108,26 @@ impl Readiness {
             started: Instant::now(),
             caught_up_after_ms: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            reply: NotReadyReply::default(),
         }
+    }
+
+    /// How requests are refused while catching up.
+    pub fn with_reply(mut self, reply: NotReadyReply) -> Self {
+        self.reply = reply;
+        self
+    }
+
+    /// True when a refused request closes its connection (no reply).
+    #[inline]
+    pub fn refusal_closes(&self) -> bool {
+        self.reply != NotReadyReply::Error
+    }
+
+    /// True when the client listeners this process binds must not listen
+    /// until the node serves.
+    pub fn defers_listening(&self) -> bool {
+        self.reply == NotReadyReply::Refuse && !self.serving()
     }
 
     /// A node without a twin: always serving.

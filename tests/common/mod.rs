@@ -102,9 +102,20 @@ impl Daemon {
                 panic!("memtwin exited early ({status}):\n{}", d.log_text());
             }
             if let Ok(mut c) = Client::try_connect(d.port) {
-                if c.try_cmd("version").is_ok() {
-                    return d;
+                // Any answer, or a close without one (a node catching up
+                // with its twin refuses requests that way by default).
+                match c.try_cmd("version") {
+                    Ok(_) => return d,
+                    Err(e) if is_refusal(&e) => return d,
+                    Err(_) => {}
                 }
+            }
+            // `--not-ready refuse` (the default): the client port listens
+            // only once caught up; the log says the node is catching up.
+            if d.log_text()
+                .contains("before serving: client requests are refused")
+            {
+                return d;
             }
             assert!(
                 Instant::now() < deadline,
@@ -123,7 +134,7 @@ impl Daemon {
                 panic!("memtwin exited early ({status}):\n{}", self.log_text());
             }
             if let Ok(mut c) = Client::try_connect(self.port) {
-                if c.cmd("version").starts_with("VERSION") {
+                if c.try_cmd("version").is_ok_and(|v| v.starts_with("VERSION")) {
                     return;
                 }
             }
@@ -479,4 +490,13 @@ pub fn verify_always(c: &mut Client, prefix: &str, t: usize, model: &mut Model, 
         }
     }
     model.in_flight = None;
+}
+
+/// A connection closed (or reset) without an answer: how a node catching up
+/// with its twin refuses a request by default.
+pub fn is_refusal(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+    )
 }
