@@ -4,6 +4,7 @@ twin is unreachable serves alone after --peer-wait, and merges both ways when
 the twin appears."""
 import os
 import shutil
+import threading
 import time
 
 import pytest
@@ -385,3 +386,59 @@ def test_libmemcached_sees_a_failed_server_never_a_miss_while_catching_up(node, 
     # The client's own defects, kept visible: both read as a miss.
     assert got["close"] == ("value", None), got
     assert got["error"] == ("value", None), got
+
+
+#: The issue's size: a node restarted empty while its twin holds 1M sessions.
+BIG_SESSIONS = int(os.environ.get("MEMTWIN_REPL_BIG_SESSIONS", "1000000"))
+
+
+def test_restarted_empty_node_with_a_million_sessions_on_the_twin(make_pair):
+    """B restarts empty while A holds BIG_SESSIONS sessions. A reader on B from
+    the moment B starts sees only refusals, then hits, never a miss; a client
+    of A keeps reading and writing through the catch-up without an error; A
+    loses nothing; B reports the catch-up as a full sync in A's stats."""
+    p = make_pair(extra=("-m", "2048"))
+    fill(p.a, BIG_SESSIONS, value=b"s" * 100)
+    assert wait_until(lambda: items(p.b) == BIG_SESSIONS, timeout=120), items(p.b)
+    keys = [b"sess:%d" % i for i in range(BIG_SESSIONS)]
+    p.b.kill9()
+    stop = threading.Event()
+    served = {"ops": 0, "errors": 0}
+
+    def keep_serving():
+        c = p.a.connect(timeout=10)
+        try:
+            for i in range(10_000_000):
+                if stop.is_set():
+                    return
+                k = keys[(i * 7919) % BIG_SESSIONS]
+                try:
+                    if i % 2:
+                        ok = c.store("set", k, b"s" * 100).startswith(b"STORED")
+                    else:
+                        ok = (c.mg(k) or {}).get("value") is not None
+                except (OSError, ConnectionError, AssertionError):
+                    ok = False
+                served["ops"] += 1
+                served["errors"] += not ok
+        finally:
+            c.close()
+
+    t = threading.Thread(target=keep_serving, daemon=True)
+    t.start()
+    t0 = time.monotonic()
+    p.b.start(serving=False, timeout=60)
+    refusals = hammer_until_caught_up(p.b, keys, timeout=120, batch=200)
+    ready_s = time.monotonic() - t0
+    stop.set()
+    t.join(30)
+    assert served["ops"] > 0 and served["errors"] == 0, served
+    assert items(p.a) == BIG_SESSIONS, "the twin lost sessions"
+    assert items(p.b) == BIG_SESSIONS
+    assert p.a.stat("last_catchup") == "full"
+    assert int(p.a.stat("last_catchup_records")) >= BIG_SESSIONS
+    print("%d sessions: B caught up %s ms after its start, a reader had all of them after "
+          "%.1f s (%d refusals seen); A served %d ops meanwhile; catch-up %s us for %s records, "
+          "%s bytes" % (BIG_SESSIONS, p.b.stats()["repl_caught_up_after_ms"], ready_s, refusals,
+                        served["ops"], p.a.stat("last_catchup_us"),
+                        p.a.stat("last_catchup_records"), p.a.stat("last_catchup_bytes")))

@@ -67,6 +67,11 @@ STAT = {
     "backlog_replayed": "repl_backlog_replayed",    # records those replays shipped
     "backlog_bytes": "repl_backlog_bytes",
     "auth_failures": "repl_auth_failures",
+    "full_syncs": "repl_full_syncs",
+    "last_catchup": "repl_last_catchup",            # backlog, scan, full or none
+    "last_catchup_records": "repl_last_catchup_records",
+    "last_catchup_bytes": "repl_last_catchup_bytes",
+    "last_catchup_us": "repl_last_catchup_us",
 }
 LINK_UP = "up"
 STAT_PREFIX = "repl_"
