@@ -17,6 +17,14 @@ Reported as ratios (twinned / single), markdown on stdout, JSON in --out:
     suite's byte-counting proxy (protocol-tests/replication/twinlib.py), idle
     bytes (pings, acks) over the same time subtracted.
 
+  * catch-up (--catchup-only runs just this): a full sync of 1M sessions of 500 B
+    to a node restarted empty, its rate (records/s, MB/s from the source's
+    `repl_last_catchup_*` stats), the restarted node's time from start to
+    serving, and the source's client throughput while it streams, as a ratio
+    of the same load just before; then partial catch-ups after a clean restart
+    of the twin with --data-dir while the source took 200k writes: from the
+    backlog (the default) and by a table scan (--replication-backlog-mb 0).
+
 Servers run on 127.0.0.2 / 127.0.0.3, free ports, stopped by pid. Skips (exit 0,
 with a message) when the memtwin binary has no --peer. Needs the load generator:
 cargo build --release -p memtwin-bench (target/release/memtwin-loadgen).
@@ -362,6 +370,126 @@ def markdown(tp, lg, lb, o):
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ catch-up
+
+
+def catchup_stats(node):
+    st = node.stats()
+    us = max(int(st["repl_last_catchup_us"]), 1)
+    rec, byt = int(st["repl_last_catchup_records"]), int(st["repl_last_catchup_bytes"])
+    return {"kind": st["repl_last_catchup"], "records": rec, "bytes": byt, "seconds": us / 1e6,
+            "records_per_sec": rec / (us / 1e6), "mb_per_sec": byt / 1e6 / (us / 1e6)}
+
+
+def wait_items(node, n, timeout=300):
+    return twinlib.wait_until(lambda: int(node.stats()["curr_items"]) >= n, timeout=timeout, step=0.1)
+
+
+def full_sync(o, sessions, size):
+    """B restarted empty while A holds `sessions`: rate, time to serve, and
+    A's throughput (90/10 mixed, 50 conns) during the stream vs just before."""
+    extra = ["-t", "2", "-m", "4096", "-c", "4096"]
+    d = tempfile.mkdtemp(prefix="memtwin-replbench-catchup-", dir=o.workdir)
+    pair = twinlib.TwinPair(o.bin, d, d, extra=extra)
+    pair.start(timeout=15)
+    try:
+        a, b = pair.a, pair.b
+        loadgen(o.loadgen, a, ["--preload", "--conns", "8", "--keys", str(sessions),
+                               "--value-size", str(size), "--key-prefix", "sess:"], timeout=900)
+        assert wait_items(b, sessions), "B never held the preload"
+        load = WORKLOADS["mixed"][1][:-2] + ["--key-prefix", "sess:", "--value-size", str(size),
+                                              "--conns", "50", "--keys", str(sessions)]
+        window = max(1.0, o.catchup_window)
+        before = loadgen(o.loadgen, a, load + ["--duration", str(window), "--warmup", "0.5"])
+        b.kill9()
+        t0 = time.monotonic()
+        b.start(serving=False, timeout=60)
+        during = {}
+        th = threading.Thread(target=lambda: during.update(
+            loadgen(o.loadgen, a, load + ["--duration", str(window), "--warmup", "0"])))
+        th.start()
+        ok = twinlib.wait_until(b.serving, timeout=300, step=0.01)
+        serve_s = time.monotonic() - t0
+        th.join(600)
+        assert ok, "B never served:\n" + b.log_tail()
+        cs = catchup_stats(a)
+        cs.update({
+            "sessions": sessions, "value_size": size,
+            "restart_to_serving_s": serve_s,
+            "caught_up_after_ms": int(b.stats()["repl_caught_up_after_ms"]),
+            "source_ops_before": before["ops_per_sec"], "source_ops_during": during["ops_per_sec"],
+            "source_ops_ratio": during["ops_per_sec"] / max(before["ops_per_sec"], 1e-9),
+            "source_p99_before_us": before["lat_us"]["p99"],
+            "source_p99_during_us": during["lat_us"]["p99"],
+        })
+        log("full sync: %(records)d records, %(mb_per_sec).0f MB/s, %(records_per_sec).0f records/s, "
+            "B serving %(restart_to_serving_s).2f s after start; A %(source_ops_ratio).2fx ops "
+            "while streaming" % cs)
+        return cs
+    finally:
+        pair.stop()
+
+
+def partial(o, backlog_mb, writes, size=100, base=200000):
+    """B (with --data-dir) stopped cleanly, `writes` sets on A, B started:
+    what A sends it, from the backlog or by a scan of its `base` + `writes` items."""
+    extra = ["-t", "2", "-m", "2048", "-c", "4096"]
+    if backlog_mb is not None:
+        extra += ["--replication-backlog-mb", str(backlog_mb)]
+    d = tempfile.mkdtemp(prefix="memtwin-replbench-partial-", dir=o.workdir)
+    pair = twinlib.TwinPair(o.bin, d, d, data_dir=True, extra=extra)
+    pair.start(timeout=15)
+    try:
+        a, b = pair.a, pair.b
+        loadgen(o.loadgen, a, ["--preload", "--conns", "8", "--keys", str(base),
+                               "--value-size", str(size), "--key-prefix", "base:"], timeout=900)
+        assert wait_items(b, base)
+        time.sleep(0.5)                  # resume points move past the preload
+        b.stop()
+        loadgen(o.loadgen, a, ["--preload", "--conns", "8", "--keys", str(writes),
+                               "--value-size", str(size), "--key-prefix", "new:"], timeout=900)
+        t0 = time.monotonic()
+        b.start(serving=False, timeout=120)
+        assert twinlib.wait_until(b.serving, timeout=300, step=0.01), b.log_tail()
+        serve_s = time.monotonic() - t0
+        cs = catchup_stats(a)
+        cs.update({"writes": writes, "table": base + writes, "restart_to_serving_s": serve_s})
+        log("partial (%s): %d records in %.3f s, %.0f records/s, %.0f MB/s; B serving %.2f s after start"
+            % (cs["kind"], cs["records"], cs["seconds"], cs["records_per_sec"], cs["mb_per_sec"], serve_s))
+        return cs
+    finally:
+        pair.stop()
+
+
+def catchup(o):
+    out = {"full": full_sync(o, o.catchup_sessions, 500)}
+    out["backlog"] = partial(o, None, o.catchup_writes)
+    out["scan"] = partial(o, 0, o.catchup_writes)
+    return out
+
+
+def markdown_catchup(c):
+    f, bl, sc = c["full"], c["backlog"], c["scan"]
+    lines = [
+        "### Catch-up (same run)",
+        "",
+        "| catch-up | records | MB on the wire | time | records/s | MB/s | restarted node serving after |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in (("full sync to an empty node (%d x %d B)" % (f["sessions"], f["value_size"]), f),
+                    ("after a clean restart, from the backlog (%s)" % bl["kind"], bl),
+                    ("after a clean restart, by a table scan of %d items (%s)" % (sc["table"], sc["kind"]), sc)):
+        lines.append("| %s | %d | %.0f | %.2f s | %.0f | %.0f | %.2f s |" % (
+            name, r["records"], r["bytes"] / 1e6, r["seconds"], r["records_per_sec"], r["mb_per_sec"],
+            r["restart_to_serving_s"]))
+    lines += ["",
+              "The source during the full sync (90/10 get/set, 50 conns, a %.0f s window from the "
+              "twin's start): %.2fx its ops/s of the window just before (%.0f -> %.0f), p99 %.0f -> %.0f us."
+              % (c.get("window", 0), f["source_ops_ratio"], f["source_ops_before"], f["source_ops_during"],
+                 f["source_p99_before_us"], f["source_p99_during_us"])]
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -374,6 +502,10 @@ def main():
                     help="node A on CPU 0, its twin and the load generator on CPU 1 (default: unpinned)")
     ap.add_argument("--ack-only", action="store_true",
                     help="only the --replication-ack cost (against asynchronous replication)")
+    ap.add_argument("--catchup-only", action="store_true",
+                    help="only the catch-up rates (full sync, backlog, scan)")
+    ap.add_argument("--catchup-sessions", type=int, default=1000000)
+    ap.add_argument("--catchup-writes", type=int, default=200000)
     ap.add_argument("--dry-run", action="store_true",
                     help="no twin: 'pair' = one standalone node (tests this script's plumbing)")
     o = ap.parse_args()
@@ -394,20 +526,26 @@ def main():
     os.makedirs(o.out, exist_ok=True)
     o.workdir = tempfile.mkdtemp(prefix="run-", dir=o.out)
     t0 = time.monotonic()
-    if o.ack_only:
+    o.catchup_window = 2.0
+    cu = {}
+    if o.catchup_only or o.ack_only:
         tp, lg, lb, md = {}, {}, {}, ""
     else:
         tp = throughput(o)
         lg = lag(o, tp["write"]["twin_ops"])
         lb = link_bytes(o)
         md = markdown(tp, lg, lb, o)
-    ac = {} if o.dry_run else ack_cost(o)
+    ac = {} if o.dry_run or o.catchup_only else ack_cost(o)
     if ac:
         md += "\n" + markdown_ack(ac)
+    if not o.dry_run and not o.ack_only:
+        cu = catchup(o)
+        cu["window"] = o.catchup_window
+        md += "\n" + markdown_catchup(cu)
     print(md)
     with open(os.path.join(o.workdir, "result.json"), "w") as f:
         json.dump({"throughput": tp, "lag": lg, "link_bytes": {str(k): v for k, v in lb.items()},
-                   "ack": {str(k): v for k, v in ac.items()},
+                   "ack": {str(k): v for k, v in ac.items()}, "catchup": cu,
                    "seconds": time.monotonic() - t0}, f, indent=2)
     with open(os.path.join(o.workdir, "result.md"), "w") as f:
         f.write(md + "\n")

@@ -124,3 +124,45 @@ def text_gets(server, key):
 def run_tool(argv, timeout=30, **kw):
     """Run a command-line client with a time bound; returns CompletedProcess."""
     return subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+
+
+def php_with_memcached():
+    """The php binary, if it has the memcached extension; else skip the test."""
+    import pytest
+    exe = shutil.which("php")
+    if not exe:
+        pytest.skip("php not installed (apt-get install php-cli php-memcached)")
+    r = subprocess.run([exe, "-r", "echo extension_loaded('memcached') ? 'yes' : 'no';"],
+                       capture_output=True, timeout=30)
+    if r.stdout.strip() != b"yes":
+        pytest.skip("php memcached extension not loaded (apt-get install php-memcached)")
+    return exe
+
+
+SPY_JAR = "/usr/share/java/spymemcached.jar"
+
+
+def spymemcached_classpath(source):
+    """Compile `source` (a .java file using spymemcached) once per content
+    into /tmp; the classpath to run it with. Skips without a JDK or the jar."""
+    import hashlib
+    import pytest
+    javac, java = shutil.which("javac"), shutil.which("java")
+    if not javac or not java:
+        pytest.skip("JDK not installed (apt-get install default-jdk-headless)")
+    if not os.path.exists(SPY_JAR):
+        pytest.skip("%s missing (apt-get install libspymemcached-java)" % SPY_JAR)
+    name = os.path.splitext(os.path.basename(source))[0]
+    with open(source, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    outdir = os.path.join("/tmp", "memtwin-%s-%s" % (name.lower(), digest))
+    if not os.path.exists(os.path.join(outdir, name + ".class")):
+        tmp = outdir + ".tmp%d" % os.getpid()
+        os.makedirs(tmp, exist_ok=True)
+        r = subprocess.run([javac, "-d", tmp, "-cp", SPY_JAR, source], capture_output=True, timeout=180)
+        assert r.returncode == 0, "javac failed:\n%s" % r.stderr.decode(errors="replace")
+        try:
+            os.rename(tmp, outdir)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another run won the race
+    return SPY_JAR + ":" + outdir

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from clienthelpers import text_get, text_gets
+from clienthelpers import php_with_memcached, text_get, text_gets
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "php", "sess.php")
@@ -34,13 +34,7 @@ PATIENT = {"memcached.sess_lock_retries": "50",
 
 @pytest.fixture(scope="module", autouse=True)
 def php_ready():
-    php = shutil.which("php")
-    if not php:
-        pytest.skip("php not installed (apt-get install php-cli php-memcached)")
-    r = subprocess.run([php, "-r", "echo extension_loaded('memcached') ? 'yes' : 'no';"],
-                       capture_output=True, timeout=30)
-    if r.stdout.strip() != b"yes":
-        pytest.skip("php memcached extension not loaded (apt-get install php-memcached)")
+    php_with_memcached()
 
 
 @pytest.fixture(params=PROTOCOLS)

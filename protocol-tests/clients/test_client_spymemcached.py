@@ -5,38 +5,21 @@ SpyTest does msm's get/set/add/delete patterns (`<id>`, `validity:<id>`,
 touch/incr/decr/cas/append/prepend/getBulk; it exits 0 only when every check
 passes.  Compiled once per source version into /tmp.
 """
-import hashlib
 import os
 import shutil
 import subprocess
 
 import pytest
 
+from clienthelpers import spymemcached_classpath
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "java", "SpyTest.java")
-JAR = "/usr/share/java/spymemcached.jar"
 
 
 @pytest.fixture(scope="module")
 def spytest_classpath():
-    javac, java = shutil.which("javac"), shutil.which("java")
-    if not javac or not java:
-        pytest.skip("JDK not installed (apt-get install default-jdk-headless)")
-    if not os.path.exists(JAR):
-        pytest.skip("%s missing (apt-get install libspymemcached-java)" % JAR)
-    with open(SOURCE, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:16]
-    outdir = os.path.join("/tmp", "memtwin-spytest-" + digest)
-    if not os.path.exists(os.path.join(outdir, "SpyTest.class")):
-        tmp = outdir + ".tmp%d" % os.getpid()
-        os.makedirs(tmp, exist_ok=True)
-        r = subprocess.run([javac, "-d", tmp, "-cp", JAR, SOURCE], capture_output=True, timeout=180)
-        assert r.returncode == 0, "javac failed:\n%s" % r.stderr.decode(errors="replace")
-        try:
-            os.rename(tmp, outdir)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)  # another run won the race
-    return JAR + ":" + outdir
+    return spymemcached_classpath(SOURCE)
 
 
 def run_spytest(classpath, server, mode, *extra):

@@ -12,6 +12,8 @@ import uuid
 
 import pytest
 
+from clienthelpers import php_with_memcached
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SESS_PHP = os.path.join(HERE, "..", "clients", "php", "sess.php")
 
@@ -104,13 +106,7 @@ def _php(srv, binary, mode, sid=""):
                                     pytest.param(False, id="ascii")])
 @pytest.mark.parametrize("flags,kill", RESTARTS)
 def test_php_sessions_survive_restart(persistent, binary, flags, kill):
-    php = shutil.which("php")
-    if not php:
-        pytest.skip("php not installed (apt-get install php-cli php-memcached)")
-    r = subprocess.run([php, "-r", "echo extension_loaded('memcached') ? 'yes' : 'no';"],
-                       capture_output=True, timeout=30)
-    if r.stdout.strip() != b"yes":
-        pytest.skip("php memcached extension not loaded")
+    php_with_memcached()
     srv = persistent(*flags)
     sids = []
     for _ in range(5):

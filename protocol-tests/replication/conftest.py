@@ -38,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(HERE))   # binproto.py
+sys.path.insert(2, os.path.join(os.path.dirname(HERE), "clients"))   # clienthelpers.py
 
 import twinlib  # noqa: E402
 from twinlib import Node, TwinPair, binary_supports_replication  # noqa: E402

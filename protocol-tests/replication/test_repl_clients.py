@@ -3,11 +3,11 @@
 session written through A is seen by a request configured on B alone."""
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
 
+from clienthelpers import php_with_memcached
 from twinlib import converged, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -86,14 +86,7 @@ def test_bmemcached_binary_across(pair, key):
 
 @pytest.fixture(scope="module")
 def php():
-    exe = shutil.which("php")
-    if not exe:
-        pytest.skip("php not installed (apt-get install php-cli php-memcached)")
-    r = subprocess.run([exe, "-r", "echo extension_loaded('memcached') ? 'yes' : 'no';"],
-                       capture_output=True, timeout=30)
-    if r.stdout.strip() != b"yes":
-        pytest.skip("php memcached extension not loaded (apt-get install php-memcached)")
-    return exe
+    return php_with_memcached()
 
 
 def run_php(php, node, binary, mode, sid="", ini=None):

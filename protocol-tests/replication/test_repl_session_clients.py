@@ -17,7 +17,6 @@ B, restarted without a pause. With `--replication-ack` on both nodes the server
 promises no lost session and no stale read however the kills fall; errors while
 a node is down or catching up are expected and counted.
 """
-import hashlib
 import http.client
 import json
 import os
@@ -28,11 +27,11 @@ import time
 
 import pytest
 
+from clienthelpers import php_with_memcached, spymemcached_classpath
 from twinlib import free_port, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SPY_SOURCE = os.path.join(HERE, "java", "SpySessions.java")
-SPY_JAR = "/usr/share/java/spymemcached.jar"
 PHP_APP = os.path.join(HERE, "php", "app")
 
 # A held catch-up lasts this long; the node's --peer-wait must outlast it.
@@ -79,24 +78,7 @@ def hits(node):
 
 @pytest.fixture(scope="module")
 def spy_classpath():
-    javac, java = shutil.which("javac"), shutil.which("java")
-    if not javac or not java:
-        pytest.skip("JDK not installed (apt-get install default-jdk-headless)")
-    if not os.path.exists(SPY_JAR):
-        pytest.skip("%s missing (apt-get install libspymemcached-java)" % SPY_JAR)
-    with open(SPY_SOURCE, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:16]
-    outdir = os.path.join("/tmp", "memtwin-spysessions-" + digest)
-    if not os.path.exists(os.path.join(outdir, "SpySessions.class")):
-        tmp = outdir + ".tmp%d" % os.getpid()
-        os.makedirs(tmp, exist_ok=True)
-        r = subprocess.run([javac, "-d", tmp, "-cp", SPY_JAR, SPY_SOURCE], capture_output=True, timeout=180)
-        assert r.returncode == 0, "javac failed:\n%s" % r.stderr.decode(errors="replace")
-        try:
-            os.rename(tmp, outdir)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)  # another run won the race
-    return SPY_JAR + ":" + outdir
+    return spymemcached_classpath(SPY_SOURCE)
 
 
 class Spy:
@@ -183,14 +165,7 @@ LOGGED_OUT = 8
 
 @pytest.fixture(scope="module")
 def php_bin():
-    php = shutil.which("php")
-    if not php:
-        pytest.skip("php not installed (apt-get install php-cli php-memcached)")
-    r = subprocess.run([php, "-r", "echo extension_loaded('memcached') ? 'yes' : 'no';"],
-                       capture_output=True, timeout=30)
-    if r.stdout.strip() != b"yes":
-        pytest.skip("php memcached extension not loaded (apt-get install php-memcached)")
-    return php
+    return php_with_memcached()
 
 
 class PhpServer:
