@@ -342,6 +342,8 @@ struct Sender {
     acked_sent: u64,
     next_ack: Instant,
     next_ping: Instant,
+    /// When an idle link next moves the twin's resume point to the clock.
+    next_clock_sync: Instant,
 }
 
 async fn send<W: AsyncWrite + Unpin>(
@@ -361,6 +363,7 @@ async fn send<W: AsyncWrite + Unpin>(
         acked_sent: 0,
         next_ack: now,
         next_ping: now,
+        next_clock_sync: now,
     };
     // A short cut: the backlog still holds everything above the twin's
     // resume point, so replay it instead of walking the table.
@@ -392,7 +395,11 @@ async fn send<W: AsyncWrite + Unpin>(
         } else {
             false
         };
-        housekeeping(node, link, wr, &mut s);
+        // Idle: every record issued so far has been shipped (up to the
+        // records a writer is pushing this instant, which the resume margin
+        // covers), so the twin's resume point may follow the clock.
+        let idle = !busy && outbox.peek().is_none() && outbox.gauge.queued_bytes() == 0;
+        housekeeping(node, link, wr, &mut s, idle);
         if !wr.buf.is_empty() {
             let n = wr.flush().await?;
             node.stats.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
@@ -428,7 +435,7 @@ async fn fence<W: AsyncWrite + Unpin>(
     wr: &mut FrameWriter<W>,
     s: &mut Sender,
 ) -> Result<(), SessionError> {
-    housekeeping(node, link, wr, s);
+    housekeeping(node, link, wr, s, false);
     wr.push(&Frame::Fence { token: DRAIN_FENCE });
     let deadline = Instant::now() + node.cfg.dead_after;
     loop {
@@ -442,7 +449,7 @@ async fn fence<W: AsyncWrite + Unpin>(
             _ = link.applied.notified() => {}
             _ = tokio::time::sleep_until(deadline) => return Err(SessionError::Dead(node.cfg.dead_after)),
         }
-        housekeeping(node, link, wr, s);
+        housekeeping(node, link, wr, s, false);
     }
 }
 
@@ -670,7 +677,7 @@ fn ship_scan_chunk<W>(node: &Node, wr: &mut FrameWriter<W>, s: &mut Sender) {
     }
 }
 
-fn housekeeping<W>(node: &Node, link: &Link, wr: &mut FrameWriter<W>, s: &mut Sender) {
+fn housekeeping<W>(node: &Node, link: &Link, wr: &mut FrameWriter<W>, s: &mut Sender, idle: bool) {
     release_acks(node);
     let fence = link.fence_seen.swap(0, Ordering::SeqCst);
     if fence != 0 {
@@ -687,13 +694,23 @@ fn housekeeping<W>(node: &Node, link: &Link, wr: &mut FrameWriter<W>, s: &mut Se
                 seq: applied,
             });
         }
-        // No gap open: everything live shipped so far is the twin's.
-        if s.scan.is_none() && s.live_max > s.synced {
-            s.synced = s.live_max;
-            wr.push(&Frame::Synced {
-                origin: node.me(),
-                version: s.synced,
-            });
+        // No gap open: everything live shipped so far is the twin's; and
+        // when idle, everything up to now (a record issued later gets a
+        // version at or above the wall clock of its issue), so that a
+        // resume point kept at a clean stop is no older than the stop.
+        if s.scan.is_none() {
+            let mut synced = s.synced.max(s.live_max);
+            if idle && now >= s.next_clock_sync {
+                s.next_clock_sync = now + node.cfg.ping_interval;
+                synced = synced.max(Version::floor_for_millis(now_ms()).get());
+            }
+            if synced > s.synced {
+                s.synced = synced;
+                wr.push(&Frame::Synced {
+                    origin: node.me(),
+                    version: s.synced,
+                });
+            }
         }
     }
     if now >= s.next_ping {

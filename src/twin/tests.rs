@@ -623,3 +623,32 @@ async fn the_store_trait_is_object_safe() {
     let s: Arc<dyn TwinStore> = FakeStore::new(3);
     assert_eq!(s.hlc().node(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_link_moves_the_resume_point_to_the_clock() {
+    // A burst of writes, then quiet: the twin's resume point for A must
+    // follow A's clock, so that a clean stop long after the burst resumes
+    // above it (with a 2 s margin) instead of resending the whole burst.
+    let p = pair_with(1, 2, SECRET, SECRET, |c| {
+        c.ping_interval = Duration::from_millis(200);
+    })
+    .await;
+    for i in 0..200u32 {
+        p.a.set(format!("k{i}").as_bytes(), b"v");
+    }
+    assert!(wait_until(5, || p.b.len() == 200).await);
+    let burst_ms = crate::version::now_ms();
+    let of_a = |t: &Twin| {
+        t.positions()
+            .iter()
+            .find(|q| q.origin == 1)
+            .map_or(0, |q| crate::version::Version::from_raw(q.version).millis())
+    };
+    assert!(
+        wait_until(5, || of_a(&p.tb) >= burst_ms + 600).await,
+        "resume point for A stayed at {} (burst ended {burst_ms})",
+        of_a(&p.tb)
+    );
+    p.ta.stop().await;
+    p.tb.stop().await;
+}
