@@ -389,6 +389,8 @@ def full_sync(o, sessions, size):
     """B restarted empty while A holds `sessions`: rate, time to serve, and
     A's throughput (90/10 mixed, 50 conns) during the stream vs just before."""
     extra = ["-t", "2", "-m", "4096", "-c", "4096"]
+    if o.catchup_rate is not None:
+        extra += ["--replication-catchup-rate", str(o.catchup_rate)]
     d = tempfile.mkdtemp(prefix="memtwin-replbench-catchup-", dir=o.workdir)
     pair = twinlib.TwinPair(o.bin, d, d, extra=extra)
     pair.start(timeout=15)
@@ -400,10 +402,17 @@ def full_sync(o, sessions, size):
         load = WORKLOADS["mixed"][1][:-2] + ["--key-prefix", "sess:", "--value-size", str(size),
                                               "--conns", "50", "--keys", str(sessions)]
         window = max(1.0, o.catchup_window)
+        if PIN["on"]:
+            pin(a.pid, 0)
+            pin(b.pid, 1)
         before = loadgen(o.loadgen, a, load + ["--duration", str(window), "--warmup", "0.5"])
         b.kill9()
         t0 = time.monotonic()
         b.start(serving=False, timeout=60)
+        if PIN["on"]:
+            # The source alone on CPU 0: what streaming costs it, not what the
+            # twin's apply takes from the same cores.
+            pin(b.pid, 1)
         during = {}
         th = threading.Thread(target=lambda: during.update(
             loadgen(o.loadgen, a, load + ["--duration", str(window), "--warmup", "0"])))
@@ -465,6 +474,8 @@ def partial(o, backlog_mb, writes, size=100, base=200000):
 
 def catchup(o):
     out = {"full": full_sync(o, o.catchup_sessions, 500)}
+    if o.full_sync_only:
+        return out
     out["backlog"] = partial(o, None, o.catchup_writes)
     out["scan"] = partial(o, 0, o.catchup_writes)
     return out
@@ -508,6 +519,10 @@ def main():
                     help="only the catch-up rates (full sync, backlog, scan)")
     ap.add_argument("--catchup-sessions", type=int, default=1000000)
     ap.add_argument("--catchup-writes", type=int, default=200000)
+    ap.add_argument("--catchup-rate", type=int,
+                    help="--replication-catchup-rate MB/s for the full sync (default: the daemon's)")
+    ap.add_argument("--full-sync-only", action="store_true",
+                    help="with --catchup-only: only the full sync")
     ap.add_argument("--dry-run", action="store_true",
                     help="no twin: 'pair' = one standalone node (tests this script's plumbing)")
     o = ap.parse_args()
@@ -543,7 +558,8 @@ def main():
     if not o.dry_run and not o.ack_only:
         cu = catchup(o)
         cu["window"] = o.catchup_window
-        md += "\n" + markdown_catchup(cu)
+        if not o.full_sync_only:
+            md += "\n" + markdown_catchup(cu)
     print(md)
     with open(os.path.join(o.workdir, "result.json"), "w") as f:
         json.dump({"throughput": tp, "lag": lg, "link_bytes": {str(k): v for k, v in lb.items()},

@@ -191,6 +191,10 @@ pub struct Cli {
     /// ... and for at most this many seconds (default 600).
     #[arg(long = "replication-backlog-ttl", value_name = "SECS")]
     pub replication_backlog_ttl: Option<u64>,
+    /// Cap a catch-up sent to the twin (scan or backlog replay) at this many
+    /// MB/s, leaving CPU to this node's clients (0 = no cap).
+    #[arg(long = "replication-catchup-rate", value_name = "MB")]
+    pub replication_catchup_rate: Option<u64>,
 }
 
 /// The TOML file: the same settings under their long names.
@@ -234,6 +238,7 @@ pub struct FileConfig {
     pub replication_ack_timeout: Option<u64>,
     pub replication_backlog_mb: Option<u64>,
     pub replication_backlog_ttl: Option<u64>,
+    pub replication_catchup_rate: Option<u64>,
 }
 
 /// `peer-wait` in the TOML file: seconds, or the word "forever".
@@ -271,6 +276,8 @@ pub struct ReplicationSettings {
     /// The backlog's bounds.
     pub backlog_bytes: usize,
     pub backlog_ttl: Duration,
+    /// `--replication-catchup-rate` in bytes per second; 0 = unpaced.
+    pub catchup_rate: u64,
 }
 
 /// Resolved settings the daemon runs with.
@@ -513,6 +520,9 @@ impl Settings {
                 ack_timeout_ms: cli.replication_ack_timeout.or(file.replication_ack_timeout),
                 backlog_mb: cli.replication_backlog_mb.or(file.replication_backlog_mb),
                 backlog_ttl: cli.replication_backlog_ttl.or(file.replication_backlog_ttl),
+                catchup_rate_mb: cli
+                    .replication_catchup_rate
+                    .or(file.replication_catchup_rate),
             },
             &listen,
             port,
@@ -570,6 +580,7 @@ struct ReplicationInput {
     ack_timeout_ms: Option<u64>,
     backlog_mb: Option<u64>,
     backlog_ttl: Option<u64>,
+    catchup_rate_mb: Option<u64>,
 }
 
 fn resolve_replication(
@@ -592,6 +603,11 @@ fn resolve_replication(
         }
         if input.ack || input.ack_timeout_ms.is_some() {
             return Err(ConfigError::ReplicationWithoutPeer("--replication-ack"));
+        }
+        if input.catchup_rate_mb.is_some() {
+            return Err(ConfigError::ReplicationWithoutPeer(
+                "--replication-catchup-rate",
+            ));
         }
         if input.backlog_mb.is_some() || input.backlog_ttl.is_some() {
             return Err(ConfigError::ReplicationWithoutPeer(
@@ -656,6 +672,10 @@ fn resolve_replication(
             None => crate::twin::backlog::DEFAULT_BACKLOG_BYTES,
             Some(mb) => usize::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
         },
+        catchup_rate: input
+            .catchup_rate_mb
+            .unwrap_or(crate::twin::config::DEFAULT_CATCHUP_RATE_MB)
+            .saturating_mul(1 << 20),
         backlog_ttl: input.backlog_ttl.map_or(
             crate::twin::backlog::DEFAULT_BACKLOG_TTL,
             Duration::from_secs,
@@ -970,6 +990,25 @@ mod tests {
             (r.backlog_bytes, r.backlog_ttl)
         };
         assert_eq!(backlog(&[]), (64 << 20, Duration::from_secs(600)));
+        let rate = |extra: &[&str]| {
+            let mut v = vec![
+                "memtwin",
+                "--peer",
+                "b:12211",
+                "--replication-secret",
+                &secret,
+            ];
+            v.extend_from_slice(extra);
+            Settings::from_args(v)
+                .expect("ok")
+                .replication
+                .expect("on")
+                .catchup_rate
+        };
+        assert_eq!(rate(&[]), 100 << 20);
+        assert_eq!(rate(&["--replication-catchup-rate", "0"]), 0);
+        assert_eq!(rate(&["--replication-catchup-rate", "20"]), 20 << 20);
+        assert!(Settings::from_args(vec!["memtwin", "--replication-catchup-rate", "5"]).is_err());
         assert_eq!(
             backlog(&[
                 "--replication-backlog-mb",

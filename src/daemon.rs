@@ -428,6 +428,7 @@ async fn start_twin(
     cfg.ack_timeout = r.ack_timeout;
     cfg.backlog_bytes = r.backlog_bytes;
     cfg.backlog_ttl = r.backlog_ttl;
+    cfg.catchup_rate = r.catchup_rate;
     if r.ack_timeout.is_some() {
         // The twin runs with the same flag and waits on our acks: send them
         // as soon as a batch is applied, not on the 10 ms tick.

@@ -386,10 +386,12 @@ async fn send<W: AsyncWrite + Unpin>(
         if outbox.gauge.take_overflowed() {
             start_scan(node, &mut s, "outgoing queue overflowed");
         }
+        // A paced catch-up ahead of its rate waits (live records do not).
+        let paced = s.scan.as_ref().and_then(|sc| pace(node, sc));
         let busy = if outbox.peek().is_some() {
             ship_live(node, link, wr, outbox, &mut s);
             true
-        } else if s.scan.is_some() {
+        } else if s.scan.is_some() && paced.is_none() {
             ship_scan_chunk(node, wr, &mut s);
             true
         } else {
@@ -411,11 +413,14 @@ async fn send<W: AsyncWrite + Unpin>(
             // rather than ticking every ack interval.
             let ack_due = link.applied_seq.load(Ordering::Relaxed) > s.acked_sent
                 || (s.scan.is_none() && s.live_max > s.synced);
-            let wake = if ack_due {
+            let mut wake = if ack_due {
                 s.next_ack.min(s.next_ping)
             } else {
                 s.next_ping
             };
+            if let Some(due) = paced {
+                wake = wake.min(due);
+            }
             tokio::select! {
                 _ = outbox.ready() => {}
                 _ = link.applied.notified(), if !ack_due => {}
@@ -451,6 +456,17 @@ async fn fence<W: AsyncWrite + Unpin>(
         }
         housekeeping(node, link, wr, s, false);
     }
+}
+
+/// When a paced catch-up may send its next chunk, if not yet: `--replication-catchup-rate`
+/// bytes per second since it began. A drain is never paced (it has a deadline).
+fn pace(node: &Node, scan: &Scan) -> Option<Instant> {
+    let rate = node.cfg.catchup_rate;
+    if rate == 0 || node.draining.is_cancelled() {
+        return None;
+    }
+    let due = scan.began + Duration::from_secs_f64(scan.bytes as f64 / rate as f64);
+    (due > Instant::now()).then_some(due)
 }
 
 fn start_replay(

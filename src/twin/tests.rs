@@ -652,3 +652,37 @@ async fn an_idle_link_moves_the_resume_point_to_the_clock() {
     p.ta.stop().await;
     p.tb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_catch_up_keeps_to_its_rate() {
+    // --replication-catchup-rate: 256 KiB/s. About 300 KB of A's table to a
+    // node that starts empty cannot cross in less than about a second.
+    let (la, aa) = bind().await;
+    let (lb, ab) = bind().await;
+    let (a, b) = (FakeStore::new(1), FakeStore::new(2));
+    let paced = |mut c: TwinConfig| {
+        c.catchup_rate = 256 << 10;
+        c
+    };
+    for i in 0..2000u32 {
+        a.set(format!("k{i}").as_bytes(), &[b'v'; 120]);
+    }
+    let ta = Twin::start_on(la, a.clone(), paced(cfg(ab, SECRET))).expect("a");
+    let started = Instant::now();
+    let tb = Twin::start_on(lb, b.clone(), paced(cfg(aa, SECRET))).expect("b");
+    let ready = tb.readiness();
+    tokio::time::timeout(Duration::from_secs(20), ready.wait_serving())
+        .await
+        .expect("caught up");
+    let took = started.elapsed();
+    assert_eq!(b.len(), 2000);
+    let bytes = ta.stats().last_catchup_bytes.load(Ordering::Relaxed);
+    assert!(bytes >= 2000 * 120, "{bytes} bytes");
+    let floor = Duration::from_secs_f64(bytes as f64 / f64::from(256u32 << 10)) * 9 / 10;
+    assert!(
+        took >= floor,
+        "{bytes} bytes in {took:?}, faster than the rate allows"
+    );
+    ta.stop().await;
+    tb.stop().await;
+}
