@@ -888,6 +888,19 @@ mod tests {
         p.to_str().expect("utf8").to_string()
     }
 
+    /// Settings of a node with a twin (`--peer b:12211`) and `extra` flags.
+    fn twinned(secret: &str, extra: &[&str]) -> anyhow::Result<Settings> {
+        let mut v = vec![
+            "memtwin",
+            "--peer",
+            "b:12211",
+            "--replication-secret",
+            secret,
+        ];
+        v.extend_from_slice(extra);
+        Settings::from_args(v)
+    }
+
     #[test]
     fn replication_is_off_by_default() {
         let s = settings(&[]);
@@ -945,15 +958,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let secret = secret_file(dir.path(), b"0123456789abcdef0123\n");
         let run = |extra: &[&str]| {
-            let mut v = vec![
-                "memtwin",
-                "--peer",
-                "b:12211",
-                "--replication-secret",
-                &secret,
-            ];
-            v.extend_from_slice(extra);
-            Settings::from_args(v).map(|s| s.replication.expect("on").ack_timeout)
+            twinned(&secret, extra).map(|s| s.replication.expect("on").ack_timeout)
         };
         assert_eq!(run(&[]).expect("ok"), None, "asynchronous by default");
         assert_eq!(
@@ -978,32 +983,19 @@ mod tests {
             Some(Duration::from_millis(75))
         );
         let backlog = |extra: &[&str]| {
-            let mut v = vec![
-                "memtwin",
-                "--peer",
-                "b:12211",
-                "--replication-secret",
-                &secret,
-            ];
-            v.extend_from_slice(extra);
-            let r = Settings::from_args(v).expect("ok").replication.expect("on");
+            let r = twinned(&secret, extra)
+                .expect("ok")
+                .replication
+                .expect("on");
             (r.backlog_bytes, r.backlog_ttl)
         };
         assert_eq!(backlog(&[]), (64 << 20, Duration::from_secs(600)));
         let rate = |extra: &[&str]| {
-            let mut v = vec![
-                "memtwin",
-                "--peer",
-                "b:12211",
-                "--replication-secret",
-                &secret,
-            ];
-            v.extend_from_slice(extra);
-            Settings::from_args(v)
+            let r = twinned(&secret, extra)
                 .expect("ok")
                 .replication
-                .expect("on")
-                .catchup_rate
+                .expect("on");
+            r.catchup_rate
         };
         assert_eq!(rate(&[]), 100 << 20);
         assert_eq!(rate(&["--replication-catchup-rate", "0"]), 0);
@@ -1028,9 +1020,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let secret = secret_file(dir.path(), b"0123456789abcdef0123\n");
         let with = |extra: &[&str]| {
-            let mut v = vec!["--peer", "b:12211", "--replication-secret", &secret];
-            v.extend_from_slice(extra);
-            settings(&v).replication.expect("on").not_ready
+            let r = twinned(&secret, extra)
+                .expect("ok")
+                .replication
+                .expect("on");
+            r.not_ready
         };
         assert_eq!(with(&[]), NotReadyReply::Refuse);
         assert_eq!(with(&["--not-ready", "close"]), NotReadyReply::Close);
@@ -1042,16 +1036,7 @@ mod tests {
             NotReadyReply::Error
         );
         assert!(Settings::from_args(vec!["memtwin", "--not-ready", "error"]).is_err());
-        assert!(Settings::from_args(vec![
-            "memtwin",
-            "--peer",
-            "b:1",
-            "--replication-secret",
-            &secret,
-            "--not-ready",
-            "maybe"
-        ])
-        .is_err());
+        assert!(twinned(&secret, &["--not-ready", "maybe"]).is_err());
     }
 
     #[test]
