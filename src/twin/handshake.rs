@@ -100,6 +100,26 @@ async fn expect<R: AsyncRead + Unpin>(rd: &mut FrameReader<R>) -> Result<Frame, 
     }
 }
 
+/// The twin's clock minus ours, as small as the exchange allows. Both sides
+/// send their Hello at once, so the twin stamped `peer_wall` at some moment
+/// between our own Hello (`sent`) and its arrival (`now`): the offset lies in
+/// `[peer_wall - now, peer_wall - sent]`, and the value of that interval
+/// nearest to zero is returned. A handshake held up on the way (a congested
+/// or paused network) then widens the interval instead of reading as skew;
+/// on a healthy link it is a millisecond wide.
+pub fn skew_bound(peer_wall: u64, sent: u64, now: u64) -> i64 {
+    let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let lo = signed(peer_wall).saturating_sub(signed(now.max(sent)));
+    let hi = signed(peer_wall).saturating_sub(signed(sent));
+    if lo > 0 {
+        lo
+    } else if hi < 0 {
+        hi
+    } else {
+        0
+    }
+}
+
 /// Run Hello and Auth over a fresh connection to or from `peer_addr`. The
 /// caller logs the error; its text says what to fix.
 pub async fn handshake<R, W>(
@@ -114,11 +134,12 @@ where
     W: AsyncWrite + Unpin,
 {
     let nonce = random_nonce().map_err(HandshakeError::Random)?;
+    let sent_ms = now_ms();
     wr.send(&Frame::Hello {
         version: PROTOCOL_VERSION,
         node_id: local.node,
         history_id: local.history_id,
-        wall_ms: now_ms(),
+        wall_ms: sent_ms,
         nonce,
     })
     .await?;
@@ -161,8 +182,7 @@ where
         let log = format!("twin {peer_addr} echoed our challenge: link refused");
         return Err(refuse(wr, RefuseReason::AuthFailed, "challenge echoed".into(), log).await);
     }
-    let now = now_ms();
-    let skew_ms = i64::try_from(wall_ms).unwrap_or(i64::MAX) - i64::try_from(now).unwrap_or(0);
+    let skew_ms = skew_bound(wall_ms, sent_ms, now_ms());
     stats.clock_skew_ms.store(skew_ms, Ordering::Relaxed);
     let abs = skew_ms.unsigned_abs();
     let max_ms = u64::try_from(local.max_skew.as_millis()).unwrap_or(u64::MAX);
@@ -232,4 +252,23 @@ where
         history_id,
         skew_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skew_is_bounded_by_the_exchange() {
+        // A healthy link: the interval is 2 ms wide.
+        assert_eq!(skew_bound(10_000, 10_000, 10_002), 0);
+        assert_eq!(skew_bound(16_000, 10_000, 10_002), 5_998);
+        assert_eq!(skew_bound(4_000, 10_000, 10_002), -6_000);
+        // A hello held 3 s on the way, stamped when the exchange began: no skew.
+        assert_eq!(skew_bound(10_000, 10_000, 13_000), 0);
+        // Held 3 s, and the twin behind: the part the delay cannot explain.
+        assert_eq!(skew_bound(3_000, 10_000, 13_000), -7_000);
+        assert_eq!(skew_bound(20_000, 10_000, 13_000), 7_000);
+        assert_eq!(skew_bound(11_000, 10_000, 13_000), 0);
+    }
 }
