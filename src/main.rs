@@ -27,9 +27,15 @@ fn main() -> ExitCode {
         tracing_subscriber::EnvFilter::new(format!("memtwin={default_level},warn"))
     });
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Colour only for a person at a terminal: journald, pipes and log files
+    // get plain lines (NO_COLOR, https://no-color.org, turns it off there too).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && !journald
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false);
     if journald {
         builder.without_time().init();

@@ -241,3 +241,17 @@ fn connection_limit_raises_the_open_files_limit() {
     let expect = if has_cap_sys_resource() { 1128 } else { 512 };
     assert_eq!(nofile_after_start(256, 512, "1000"), expect);
 }
+
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    // stderr is a file here, as under a service manager or `2>log`.
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let d = common::Daemon::start(port, &dir.path().join("d"), &[]);
+    let mut c = d.client();
+    assert!(c.cmd("version").starts_with("VERSION"));
+    let log = d.log_text();
+    d.stop();
+    assert!(log.contains("listening on"), "{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escape in a log file:\n{log:?}");
+}
