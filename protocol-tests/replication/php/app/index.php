@@ -50,8 +50,13 @@ switch ($op) {
     default:
         reply(400, ['error' => "unknown op $op"]);
 }
-if (!@session_write_close()) {
-    $err = error_get_last();
+// session_write_close() returns true even when the handler failed to write
+// (PHP 8.2 only warns "Failed to write session data"): check the warning too,
+// or a write that never reached a server would count as acknowledged.
+error_clear_last();
+$closed = @session_write_close();
+$err = error_get_last();
+if (!$closed || $err !== null) {
     reply(503, ['error' => $err ? $err['message'] : 'session write failed']);
 }
 reply(200, $out);
