@@ -260,14 +260,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let twin = match &settings.replication {
         Some(r) => {
             let history = persist.as_ref().map_or(0, |p| p.state().history_id());
-            // After a clean restart: what the disk holds from the twin, so
-            // the twin scans only above it (a partial catch-up).
+            // What the disk holds from the twin (kept at the last clean stop,
+            // or refreshed while running), so the twin scans only above it:
+            // a partial catch-up.
             let resume = match (&persist, &settings.persist) {
                 (Some(_), Some(cfg)) => crate::twin::resume::take(&cfg.dir, history),
                 _ => Vec::new(),
             };
             if !resume.is_empty() {
-                tracing::info!("twin: resuming from the points kept at the last clean shutdown");
+                tracing::info!("twin: resuming from the points kept on disk (a partial catch-up)");
             }
             let t = start_twin(
                 r,
@@ -289,6 +290,32 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // With a disk and a twin: keep the resume points current, so that a
+    // restart after a crash is a partial catch-up too.
+    let keeper = match (&twin, &persist, &settings.persist) {
+        (Some(t), Some(p), Some(cfg)) => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let (state, stream) = (p.state().clone(), engine.stream().clone());
+            let opts = crate::twin::resume::KeepOptions {
+                dir: cfg.dir.clone(),
+                history: state.history_id(),
+                every: crate::twin::resume::KEEP_EVERY,
+                skew: settings
+                    .replication
+                    .as_ref()
+                    .map_or(std::time::Duration::ZERO, |r| r.max_clock_skew),
+            };
+            let task = tokio::spawn(crate::twin::resume::keep_current(
+                opts,
+                t.position_source(),
+                move || stream.last_seq(),
+                move || state.last_durable_seq(),
+                stop.clone(),
+            ));
+            Some((stop, task))
+        }
+        _ => None,
+    };
     for l in listeners.iter() {
         tracing::info!("memtwin {} listening on {}", crate::VERSION, l.describe());
     }
@@ -305,6 +332,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Clients are gone: hand the twin what it does not have yet (bounded),
     // then stop applying its records before the disk writer drains.
     let mut resume = None;
+    // Before the final points are saved: no older snapshot may follow them.
+    if let Some((stop, task)) = keeper {
+        stop.cancel();
+        let _ = task.await;
+    }
     if let Some(t) = twin {
         t.drain(TWIN_DRAIN_BOUND).await;
         // Final: no link forms while draining (a lower point is always safe).

@@ -253,5 +253,8 @@ fn logs_written_to_a_file_carry_no_colour_codes() {
     let log = d.log_text();
     d.stop();
     assert!(log.contains("listening on"), "{log}");
-    assert!(!log.contains('\u{1b}'), "ANSI escape in a log file:\n{log:?}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape in a log file:\n{log:?}"
+    );
 }

@@ -1,17 +1,25 @@
-//! Resume points kept across a clean restart (`<data-dir>/TWIN_RESUME`).
+//! Resume points kept across a restart (`<data-dir>/TWIN_RESUME`).
 //!
 //! A node presents, per origin, the version up to which its twin said it
 //! holds everything; the twin then scans only above it. In memory that point
 //! is lost at every restart, and a node with a data dir would get a full scan
 //! of its twin's table although its disk holds nearly all of it.
 //!
-//! A resume point may only claim what the disk really holds, so it is
-//! written once, at a clean shutdown, *after* the disk writer has synced
-//! everything; and it is deleted (durably) as soon as it is read at start.
-//! After a crash there is no file, and the twin scans everything: under
-//! `--fsync everysec` the last second of applied records may be gone, and a
-//! stale resume point would hide that gap forever. The data set's history id
-//! is in the file too: a point is never applied to another data set.
+//! A resume point may only claim what the disk really holds. So it is
+//! written at a clean shutdown *after* the disk writer has synced
+//! everything, and, while the node runs, about once a second by
+//! [`keep_current`]: a snapshot of the points, taken together with the
+//! mutation stream's position, is written only once the disk writer's
+//! durable sequence has passed that position (every record the points count
+//! was applied, so published, before the snapshot), with its versions
+//! lowered by `--max-clock-skew`. After `kill -9` the file is a couple of
+//! seconds old, and the twin resends from 2 s below it: a partial catch-up,
+//! and this node's own writes that `--fsync everysec` lost in the crash come
+//! back from the twin (they carry this node's clock, the points the twin's:
+//! the lowering covers the skew between them). With `--fsync no` nothing is ever known durable,
+//! so only a clean shutdown keeps a point. The file is deleted (durably) as
+//! soon as it is read at start, and the data set's history id is in it: a
+//! point is never applied to another data set.
 
 use crate::protocol::twin::Position;
 use std::io::{self, Write};
@@ -49,6 +57,94 @@ pub fn take(dir: &Path, history: u128) -> Vec<Position> {
                 path.display()
             );
             Vec::new()
+        }
+    }
+}
+
+/// `points` with each version moved `by` earlier (a version 0 stays 0).
+pub fn lowered(points: Vec<Position>, by: std::time::Duration) -> Vec<Position> {
+    if by.is_zero() {
+        return points;
+    }
+    let by_ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+    points
+        .into_iter()
+        .map(|mut p| {
+            if p.version != 0 {
+                let v = crate::version::Version::from_raw(p.version);
+                p.version =
+                    crate::version::Version::floor_for_millis(v.millis().saturating_sub(by_ms))
+                        .get();
+            }
+            p
+        })
+        .collect()
+}
+
+/// How often a running node refreshes its kept resume points.
+pub const KEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Snapshots waiting for the disk to catch up (a stalled disk keeps the oldest).
+const PENDING_MAX: usize = 16;
+
+/// Where [`keep_current`] writes, how often, and by how much it lowers.
+pub struct KeepOptions {
+    pub dir: std::path::PathBuf,
+    pub history: u128,
+    pub every: std::time::Duration,
+    pub skew: std::time::Duration,
+}
+
+/// While the node runs: every `every`, snapshot `positions()` with
+/// `stream_seq()` (read after them), and write the newest snapshot whose
+/// stream position `durable_seq()` has reached, its versions lowered by
+/// `skew` (the largest clock skew the link accepts): this node's own writes
+/// that a crash loses carry its clock, the points carry the twin's, and the
+/// twin must resend those writes too. Ends with `stop`; the caller awaits it
+/// before the final save at shutdown.
+pub async fn keep_current(
+    opts: KeepOptions,
+    positions: impl Fn() -> Vec<Position> + Send + 'static,
+    stream_seq: impl Fn() -> u64 + Send + 'static,
+    durable_seq: impl Fn() -> u64 + Send + 'static,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let KeepOptions {
+        dir,
+        history,
+        every,
+        skew,
+    } = opts;
+    let mut pending: std::collections::VecDeque<(u64, Vec<Position>)> = Default::default();
+    let mut saved: Vec<Position> = Vec::new();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let points = positions();
+        let seq = stream_seq();
+        if !points.is_empty() && pending.back().is_none_or(|(_, p)| *p != points) {
+            if pending.len() == PENDING_MAX {
+                pending.pop_back();
+            }
+            pending.push_back((seq, points));
+        }
+        let durable = durable_seq();
+        let mut ready = None;
+        while pending.front().is_some_and(|(s, _)| *s <= durable) {
+            ready = pending.pop_front().map(|(_, p)| p);
+        }
+        let Some(points) = ready.filter(|p| *p != saved) else {
+            continue;
+        };
+        let (d, p) = (dir.clone(), lowered(points.clone(), skew));
+        match tokio::task::spawn_blocking(move || save(&d, history, &p)).await {
+            Ok(Ok(())) => saved = points,
+            Ok(Err(e)) => tracing::warn!("cannot refresh the twin resume points: {e}"),
+            Err(_) => return,
         }
     }
 }
@@ -102,6 +198,85 @@ fn parse(text: &str, history: u128) -> Option<Vec<Position>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn lowered_points_move_back_by_the_skew() {
+        use crate::version::Version;
+        let v = Version::floor_for_millis(1_800_000_010_000).get() | 5;
+        let p = vec![
+            Position {
+                origin: 1,
+                seq: 9,
+                version: v,
+            },
+            Position {
+                origin: 2,
+                seq: 0,
+                version: 0,
+            },
+        ];
+        let l = lowered(p, std::time::Duration::from_secs(5));
+        assert_eq!(
+            l[0].version,
+            Version::floor_for_millis(1_800_000_005_000).get()
+        );
+        assert_eq!((l[0].origin, l[0].seq), (1, 9));
+        assert_eq!(l[1].version, 0);
+    }
+
+    #[tokio::test]
+    async fn kept_points_follow_the_durable_sequence() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let dir = tempfile::tempdir().expect("tmp");
+        let pos = |v: u64| {
+            vec![Position {
+                origin: 2,
+                seq: v,
+                version: v * 10,
+            }]
+        };
+        let points = Arc::new(Mutex::new(pos(1)));
+        let (seq, durable) = (Arc::new(AtomicU64::new(10)), Arc::new(AtomicU64::new(5)));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (p2, s2, d2) = (points.clone(), seq.clone(), durable.clone());
+        let opts = KeepOptions {
+            dir: dir.path().to_path_buf(),
+            history: 7,
+            every: std::time::Duration::from_millis(10),
+            skew: std::time::Duration::ZERO,
+        };
+        let task = tokio::spawn(keep_current(
+            opts,
+            move || p2.lock().expect("lock").clone(),
+            move || s2.load(Ordering::SeqCst),
+            move || d2.load(Ordering::SeqCst),
+            stop.clone(),
+        ));
+        let kept = || {
+            std::fs::read_to_string(dir.path().join(FILE_NAME))
+                .ok()
+                .and_then(|t| parse(&t, 7))
+        };
+        let settle = || tokio::time::sleep(std::time::Duration::from_millis(80));
+        settle().await;
+        assert_eq!(kept(), None, "not durable yet: nothing kept");
+        durable.store(10, Ordering::SeqCst);
+        settle().await;
+        assert_eq!(kept(), Some(pos(1)));
+        // Newer points, their records not on disk yet: the old ones stay.
+        *points.lock().expect("lock") = pos(2);
+        seq.store(20, Ordering::SeqCst);
+        durable.store(15, Ordering::SeqCst);
+        settle().await;
+        assert_eq!(kept(), Some(pos(1)));
+        durable.store(20, Ordering::SeqCst);
+        settle().await;
+        assert_eq!(kept(), Some(pos(2)));
+        stop.cancel();
+        task.await.expect("ends");
+    }
+
     use super::*;
 
     fn p(origin: u16, version: u64) -> Position {

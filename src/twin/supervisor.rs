@@ -146,6 +146,14 @@ impl Twin {
         self.node.positions()
     }
 
+    /// [`Twin::positions`] for a task that outlives this borrow.
+    pub fn position_source(
+        &self,
+    ) -> impl Fn() -> Vec<crate::protocol::twin::Position> + Send + Sync + 'static {
+        let node = self.node.clone();
+        move || node.positions()
+    }
+
     /// Whether clients may be answered yet (shared with every session).
     pub fn readiness(&self) -> Arc<super::Readiness> {
         self.readiness.clone()
