@@ -7,7 +7,11 @@
 //! flush state) are skipped and purged. Afterwards the CAS counter and the
 //! mutation stream's sequence number continue above everything loaded.
 //! An undecodable record stops the start-up: a data set that cannot be read
-//! faithfully is not served.
+//! faithfully is not served. So does a record count that differs from the one
+//! the last clean shutdown wrote into the checkpoint (see `disk`): sled lost or
+//! invented records. While such a count is pending, dead records are purged
+//! only after it has been verified (a purge changes the count, and a crash in
+//! the middle of the load must not turn into a false alarm at the next start).
 
 use super::disk::{OpenError, Opened};
 use super::record::{self, ITEM_PREFIX};
@@ -63,6 +67,7 @@ pub(crate) fn warm_restart(
     let mut purge = sled::Batch::default();
     let mut purge_n = 0;
     let mut seen: u64 = 0;
+    let defer_purge = opened.expect_records.is_some();
     for kv in db.scan_prefix([ITEM_PREFIX]) {
         let (k, v) = kv.map_err(|e| bad(format!("cannot read the data set: {e}")))?;
         seen += 1;
@@ -96,7 +101,7 @@ pub(crate) fn warm_restart(
                 purge.remove(k);
                 purge_n += 1;
                 r.purged += 1;
-                if purge_n >= PURGE_BATCH {
+                if purge_n >= PURGE_BATCH && !defer_purge {
                     db.apply_batch(std::mem::take(&mut purge))
                         .map_err(|e| bad(format!("cannot purge expired records: {e}")))?;
                     purge_n = 0;
@@ -108,6 +113,9 @@ pub(crate) fn warm_restart(
             progress(seen, r.bytes, started, opened.items_hint);
             on_progress(seen);
         }
+    }
+    if let Some(expected) = opened.expect_records {
+        verify_count(state, opened, seen, expected)?;
     }
     if purge_n > 0 {
         db.apply_batch(purge)
@@ -139,6 +147,32 @@ pub(crate) fn warm_restart(
         );
     }
     Ok(r)
+}
+
+/// Compare the records found with the clean shutdown's count, then drop the
+/// count from the checkpoint (purges and new writes change it from now on).
+fn verify_count(state: &State, opened: &Opened, seen: u64, expected: u64) -> Result<(), OpenError> {
+    let dir = state.disk.dir();
+    if seen != expected {
+        return Err(OpenError::unusable(
+            dir,
+            format!(
+                "sled gave back {seen} item records, but the clean shutdown at mutation {} left \
+                 {expected} on disk: part of sled's log is damaged and sled {} records without \
+                 an error",
+                opened.last_seq,
+                if seen < expected {
+                    "dropped"
+                } else {
+                    "invented"
+                }
+            ),
+        ));
+    }
+    super::disk::write_checkpoint(dir, opened.history_id, opened.last_seq, None)
+        .map_err(|e| OpenError::unusable(dir, format!("cannot rewrite the checkpoint: {e}")))?;
+    tracing::debug!("warm restart: all {seen} item records of the clean shutdown are there");
+    Ok(())
 }
 
 fn progress(seen: u64, bytes: u64, started: Instant, hint: u64) {

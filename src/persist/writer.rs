@@ -65,6 +65,8 @@ const SIZE_EVERY: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long a shutdown keeps trying to persist the backlog on a failing disk.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Longest a shutdown spends counting the records for the checkpoint.
+const COUNT_LIMIT: Duration = Duration::from_secs(5);
 /// Minimum interval between `DIR/CHECKPOINT` rewrites (see `disk`).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -413,7 +415,12 @@ impl Writer {
         if seq <= self.checkpointed {
             return Ok(());
         }
-        super::disk::write_checkpoint(self.state.disk.dir(), self.state.history_id(), seq)
+        self.write_checkpoint(seq, None)
+    }
+
+    fn write_checkpoint(&mut self, seq: u64, records: Option<u64>) -> Result<(), Failure> {
+        let (dir, history) = (self.state.disk.dir(), self.state.history_id());
+        super::disk::write_checkpoint(dir, history, seq, records)
             .map_err(|e| ("checkpoint", e.to_string()))?;
         self.checkpointed = seq;
         Ok(())
@@ -716,17 +723,47 @@ impl Writer {
                 let upto = self.state.applied.load(Ordering::Acquire);
                 self.state.durable.fetch_max(upto, Ordering::AcqRel);
                 self.ack.ack(upto);
-                if let Err((_, e)) = self.checkpoint(upto) {
+                let records = self.count_records();
+                if let Err((_, e)) = self.write_checkpoint(upto, records) {
                     tracing::error!("persistence: cannot write the checkpoint: {e}");
                 }
                 tracing::info!(
-                    "persistence: data set in {} synced up to seq {upto} ({} ms)",
+                    "persistence: data set in {} synced up to seq {upto}, {} item records ({} \
+                     ms)",
                     self.state.disk.dir().display(),
+                    records.map_or("?".to_string(), |n| n.to_string()),
                     started.elapsed().as_millis()
                 );
             }
             Err(e) => tracing::error!("persistence: final sync failed: {e}"),
         }
+    }
+}
+
+impl Writer {
+    /// Item records in sled after the final sync (the next warm restart
+    /// checks it, see `disk`); None if sled cannot be read or the count takes
+    /// longer than [`COUNT_LIMIT`] (about 1 s per million records here).
+    fn count_records(&self) -> Option<u64> {
+        let g = self.state.disk.read();
+        let db = g.as_ref()?;
+        let started = Instant::now();
+        let mut n = 0u64;
+        for k in db.scan_prefix([ITEM_PREFIX]).keys() {
+            if let Err(e) = k {
+                tracing::warn!("persistence: cannot count the records at shutdown: {e}");
+                return None;
+            }
+            n += 1;
+            if n % 65536 == 0 && started.elapsed() > COUNT_LIMIT {
+                tracing::info!(
+                    "persistence: not counting the records at shutdown (more than {n}); the \
+                     next start cannot check that sled returns all of them"
+                );
+                return None;
+            }
+        }
+        Some(n)
     }
 }
 
