@@ -141,7 +141,7 @@ fn main() {
             r.engine,
             r.value,
             r.keys,
-            r.keys * (r.value as u64 + 12) >> 20,
+            (r.keys * (r.value as u64 + 12)) >> 20,
             if r.engine == "sled" {
                 format!("{} MiB", r.cache_mb)
             } else {
