@@ -25,7 +25,8 @@
 //! store behind the trait), [`convert`] (mutation ⇄ record), [`framed`] (frames over any byte stream, bounded), [`handshake`],
 //! [`session`] (sender and receiver of one established link), [`supervisor`]
 //! (listener, dialler, arbitration), [`outbox`] (the subscription bridged into
-//! the runtime), [`readiness`] (whether clients may be answered yet), [`stats`].
+//! the runtime), [`readiness`] (whether clients may be answered yet), [`scanner`]
+//! (catch-up scans on a low-priority thread), [`stats`].
 
 pub mod backlog;
 pub mod config;
@@ -37,6 +38,7 @@ pub mod node_id;
 pub mod outbox;
 pub mod readiness;
 pub mod resume;
+pub mod scanner;
 pub mod session;
 pub mod stats;
 pub mod supervisor;

@@ -37,6 +37,8 @@ const LAG_ENTRIES: usize = 4096;
 /// State of the twin module that outlives a link.
 pub struct Node {
     pub store: Arc<dyn TwinStore>,
+    /// Walks the table for catch-ups, at a lower CPU priority than clients.
+    pub scanner: super::scanner::Scanner,
     pub cfg: TwinConfig,
     pub stats: Arc<TwinStats>,
     /// Per origin: the highest seq applied from it (on the last link) and the
@@ -392,7 +394,7 @@ async fn send<W: AsyncWrite + Unpin>(
             ship_live(node, link, wr, outbox, &mut s);
             true
         } else if s.scan.is_some() && paced.is_none() {
-            ship_scan_chunk(node, wr, &mut s);
+            ship_scan_chunk(node, wr, &mut s).await;
             true
         } else {
             false
@@ -599,7 +601,7 @@ fn ship_live<W>(
     }
 }
 
-fn ship_scan_chunk<W>(node: &Node, wr: &mut FrameWriter<W>, s: &mut Sender) {
+async fn ship_scan_chunk<W>(node: &Node, wr: &mut FrameWriter<W>, s: &mut Sender) {
     let Some(scan) = s.scan.as_mut() else {
         return;
     };
@@ -610,7 +612,10 @@ fn ship_scan_chunk<W>(node: &Node, wr: &mut FrameWriter<W>, s: &mut Sender) {
             let chunk: Vec<_> = q.drain(..max.min(q.len())).collect();
             (chunk, (!q.is_empty()).then_some(cursor))
         }
-        None => blocking(|| store.scan(cursor, floor, max)),
+        None => match node.scanner.scan(cursor.clone(), floor, max).await {
+            Some(chunk) => chunk,
+            None => blocking(|| store.scan(cursor, floor, max)),
+        },
     };
     let st = &node.stats;
     let before = wr.buf.len();

@@ -99,8 +99,10 @@ impl Twin {
         stats.set_ack(ack.clone(), cfg.ack_timeout.is_some());
         let readiness = cfg.readiness.clone();
         let resumed = cfg.resume.iter().map(|p| (p.origin, *p)).collect();
+        let scanner = super::scanner::Scanner::start(store.clone())?;
         let node = Arc::new(Node {
             store,
+            scanner,
             cfg,
             stats: stats.clone(),
             positions: Mutex::new(resumed),
