@@ -137,6 +137,31 @@ def test_verbosity_errors(conn):
     rt(conn, b"verbosity -1\r\n", b"CLIENT_ERROR bad command line format\r\n")
 
 
+# --- slabs automove (memtwin has one slab class: accepted, nothing to move) ------
+
+@pytest.mark.parametrize("line,reply", [
+    (b"slabs automove 0", b"OK\r\n"),
+    (b"slabs automove 2", b"OK\r\n"),
+    (b"slabs automove 1 2", b"OK\r\n"),
+    (b"slabs automove ratio 0.5", b"OK\r\n"),
+    (b"slabs automove banana", b"CLIENT_ERROR bad command line format\r\n"),
+    (b"slabs automove -1", b"CLIENT_ERROR bad command line format\r\n"),
+    (b"slabs automove 3", b"ERROR\r\n"),
+    (b"slabs automove", b"ERROR\r\n"),
+    (b"slabs automove ratio", b"ERROR\r\n"),
+    (b"slabs automove ratio x", b"ERROR\r\n"),
+    (b"slabs", b"ERROR\r\n"),
+    (b"slabs banana 1", b"ERROR\r\n"),
+    (b"slabs automove 1 noreply", b""),
+    (b"slabs automove 3 noreply", b""),
+    (b"slabs automove banana noreply", b""),
+    # memcached's default, so the server is left as it was found
+    (b"slabs automove 1", b"OK\r\n"),
+])
+def test_slabs_automove(conn, line, reply):
+    rt(conn, line + b"\r\n", reply)
+
+
 def test_quit_closes_without_reply(conn):
     conn.send(b"quit\r\n")
     conn.expect_closed()

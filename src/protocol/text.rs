@@ -190,6 +190,11 @@ pub enum Command<'a> {
         mb: u32,
         noreply: bool,
     },
+    /// `slabs automove <0|1|2>` or `slabs automove ratio <r>`: accepted as
+    /// memcached does; memtwin has one slab class, so there is nothing to move.
+    SlabsAutomove {
+        noreply: bool,
+    },
     /// A two-letter meta command (`mg`, `ms`, `md`, `ma`, `mn`, `me`); `line` is the whole line.
     Meta {
         cmd: u8,
@@ -379,6 +384,7 @@ fn parse_general(line: &[u8]) -> Result<Command<'_>, Rejected> {
                 None => Err(reject(TextError::Error, noreply)),
             }
         }
+        b"slabs" if n >= 3 && a.get(1) == b"automove" => parse_slabs_automove(&a, noreply),
         [b'm', c] => Ok(Command::Meta { cmd: *c, line }),
         _ => {
             // The HTTP guard: an unknown command whose last token starts with HTTP/.
@@ -388,6 +394,27 @@ fn parse_general(line: &[u8]) -> Result<Command<'_>, Rejected> {
                 Err(reject(TextError::Error, false))
             }
         }
+    }
+}
+
+/// memcached's `process_slabs_automove_command`: a level that is not a number
+/// is a client error, a number other than 0-2 is `ERROR`, and `ratio` needs a
+/// number after it (else `ERROR`).
+fn parse_slabs_automove<'a>(a: &Args<'a>, noreply: bool) -> Result<Command<'a>, Rejected> {
+    let ok = Ok(Command::SlabsAutomove { noreply });
+    if a.get(2) == b"ratio" {
+        let ratio = std::str::from_utf8(a.get(3))
+            .ok()
+            .and_then(|r| r.parse::<f64>().ok());
+        return match ratio {
+            Some(_) if a.len() >= 4 => ok,
+            _ => Err(reject(TextError::Error, noreply)),
+        };
+    }
+    match strtoul_u32(a.get(2)) {
+        None => Err(reject(TextError::Client(BAD_FORMAT), noreply)),
+        Some(0..=2) => ok,
+        Some(_) => Err(reject(TextError::Error, noreply)),
     }
 }
 

@@ -222,6 +222,7 @@ impl TextSession {
                 self.shared.verbosity.store(level.min(2), Ordering::Relaxed);
                 reply_unless(out, noreply, b"OK");
             }
+            Command::SlabsAutomove { noreply } => reply_unless(out, noreply, b"OK"),
             Command::Quit => return Step::Close(next),
             Command::Shutdown { valid } => {
                 if !self.shared.settings.shutdown_enabled {
@@ -281,6 +282,7 @@ impl TextSession {
             Command::Stats { .. }
             | Command::Quit
             | Command::Verbosity { .. }
+            | Command::SlabsAutomove { .. }
             | Command::Shutdown { .. }
             | Command::Meta { .. } => None,
             _ => {
