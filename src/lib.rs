@@ -28,13 +28,16 @@
 //!   in its low bits, so the twins' conflict rule is a comparison of two numbers
 //!   and a stamp can serve as a CAS token on both nodes.
 //! * [`auth`] holds the SASL / ASCII-auth credentials and their checks.
-//! * [`config`], [`stats`], [`clock`], [`systemd`] and [`daemon`] are operations glue.
+//! * [`config`], [`stats`], [`clock`], [`systemd`] and [`daemon`] are operations glue;
+//!   [`import`] is `memtwin import`, the migration tool that copies a running
+//!   memcached's items into memtwin.
 
 pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod import;
 pub mod mutation;
 pub mod persist;
 pub mod protocol;

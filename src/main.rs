@@ -8,6 +8,10 @@ static ALLOC: memtwin::store::pages::HugePageAdvisingAlloc =
     memtwin::store::pages::HugePageAdvisingAlloc;
 
 fn main() -> ExitCode {
+    // `memtwin import ...`: the migration tool, not the daemon.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "import") {
+        return memtwin::import::main(std::env::args_os().skip(1));
+    }
     let settings = match Settings::from_args(std::env::args_os()) {
         Ok(s) => s,
         Err(e) => {
@@ -18,6 +22,10 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    if settings.check_config {
+        print!("{}", memtwin::config::effective::render(&settings));
+        return ExitCode::SUCCESS;
+    }
     let default_level = match settings.verbose {
         0 => "info",
         1 => "debug",

@@ -147,6 +147,70 @@ fn udp_is_a_clear_startup_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("UDP is not supported"));
 }
 
+/// memcached 1.6.18 `-m 1` (default `-I 1m`): "Cannot set item size limit
+/// higher than 1/2 of memory max." on stderr, exit status 64.
+#[test]
+fn an_item_limit_over_half_the_memory_exits_64_like_memcached() {
+    let out = Command::new(bin())
+        .args(["-p", "0", "-m", "1"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Cannot set item size limit higher than 1/2 of memory max."),
+        "{err}"
+    );
+}
+
+/// Migration: point memtwin at Debian's memcached.conf and check what it would
+/// run with, without starting it.
+#[test]
+fn check_config_prints_the_effective_settings_of_a_memcached_conf() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let conf = dir.path().join("memcached.conf");
+    std::fs::write(
+        &conf,
+        "# memcached default config file\n-d\nlogfile /var/log/memcached.log\n-m 64\n\
+         -p 11211\n-u memcache\n-l 127.0.0.1\n-P /var/run/memcached/memcached.pid\n",
+    )
+    .expect("write");
+    let out = Command::new(bin())
+        .arg("--memcached-conf")
+        .arg(&conf)
+        .args(["-m", "512", "--check-config"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "memory-limit = 512",
+        "port = 11211",
+        "user = \"memcache\"",
+        "pidfile = \"/var/run/memcached/memcached.pid\"",
+        "listen = [\"127.0.0.1\"]",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(
+        text.contains("# warning:") && text.contains("logfile"),
+        "{text}"
+    );
+    // A bad line is refused with its line number, exit 64.
+    std::fs::write(&conf, "-m 64\n-Q\n").expect("write");
+    let out = Command::new(bin())
+        .arg("--memcached-conf")
+        .arg(&conf)
+        .arg("--check-config")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 2"),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn unknown_extended_options_warn_but_start() {
     let port = free_port();

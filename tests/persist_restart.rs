@@ -283,7 +283,11 @@ fn deletes_are_never_resurrected_by_read_through() {
     let tmp = tempdir();
     let dir = tmp.path().join("data");
     let port = common::free_port();
-    let d = Daemon::start(port, &dir, &["-m", "1", "--fsync", "everysec"]);
+    let d = Daemon::start(
+        port,
+        &dir,
+        &["-m", "1", "-I", "512k", "--fsync", "everysec"],
+    );
     let mut c = d.client();
     let big = vec![b'z'; 4000];
     for round in 0..4 {

@@ -5,6 +5,9 @@
 //! also be set in a TOML file (`--config`); the command line wins over the file,
 //! and built-in defaults fill the rest, so the daemon runs with no file at all.
 
+pub mod effective;
+pub mod memcached_conf;
+
 use crate::persist::{FsyncMode, PersistConfig};
 use crate::twin::config::Secret;
 use clap::{ArgAction, Parser, ValueEnum};
@@ -36,6 +39,14 @@ pub struct Cli {
     /// TOML configuration file; command-line flags override it.
     #[arg(long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Check the flags and the config file, print the effective settings as
+    /// TOML and exit (0 if valid, 64 with the reason if not).
+    #[arg(long = "check-config")]
+    pub check_config: bool,
+    /// Read memcached's options from a Debian-style memcached.conf (one
+    /// option per line); memtwin's config file and flags override it.
+    #[arg(long = "memcached-conf", value_name = "FILE")]
+    pub memcached_conf: Option<PathBuf>,
     /// TCP port to listen on (default 11211).
     #[arg(short = 'p', long = "port")]
     pub port: Option<u16>,
@@ -201,6 +212,7 @@ pub struct Cli {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
+    pub memcached_conf: Option<PathBuf>,
     pub port: Option<u16>,
     pub listen: Option<Vec<String>>,
     pub unix_socket: Option<PathBuf>,
@@ -241,6 +253,108 @@ pub struct FileConfig {
     pub replication_catchup_rate: Option<u64>,
 }
 
+macro_rules! file_keys {
+    ($m:ident) => {
+        $m!(
+            memcached_conf,
+            port,
+            listen,
+            unix_socket,
+            unix_mask,
+            memory_limit,
+            conn_limit,
+            threads,
+            max_item_size,
+            disable_evictions,
+            disable_cas,
+            disable_flush_all,
+            enable_shutdown,
+            verbose,
+            protocol,
+            enable_sasl,
+            sasl_pwdb,
+            auth_file,
+            user,
+            pidfile,
+            listen_backlog,
+            idle_timeout,
+            data_dir,
+            fsync,
+            sled_cache_mb,
+            peer,
+            replication_listen,
+            replication_secret,
+            node_id,
+            max_clock_skew,
+            tombstone_ttl,
+            replication_queue_mb,
+            peer_wait,
+            not_ready,
+            replication_ack,
+            replication_ack_timeout,
+            replication_backlog_mb,
+            replication_backlog_ttl,
+            replication_catchup_rate
+        )
+    };
+}
+
+impl FileConfig {
+    /// Every key of `self`, and `under`'s where `self` has none.
+    fn over(self, under: FileConfig) -> FileConfig {
+        macro_rules! merge {
+            ($($k:ident),*) => { FileConfig { $($k: self.$k.or(under.$k)),* } };
+        }
+        file_keys!(merge)
+    }
+
+    /// The options of a memcached.conf as a layer below the TOML file.
+    fn from_cli(c: Cli) -> FileConfig {
+        let flag = |b: bool| b.then_some(true);
+        FileConfig {
+            memcached_conf: None,
+            port: c.port,
+            listen: (!c.listen.is_empty()).then_some(c.listen),
+            unix_socket: c.unix_socket,
+            unix_mask: c.unix_mask,
+            memory_limit: c.memory_limit,
+            conn_limit: c.conn_limit,
+            threads: c.threads,
+            max_item_size: c.max_item_size,
+            disable_evictions: flag(c.disable_evictions),
+            disable_cas: flag(c.disable_cas),
+            disable_flush_all: flag(c.disable_flush_all),
+            enable_shutdown: flag(c.enable_shutdown),
+            verbose: (c.verbose > 0).then_some(c.verbose),
+            protocol: c.protocol,
+            enable_sasl: flag(c.enable_sasl),
+            sasl_pwdb: c.sasl_pwdb,
+            auth_file: c.auth_file,
+            user: c.user,
+            pidfile: c.pidfile,
+            listen_backlog: c.listen_backlog,
+            idle_timeout: c.idle_timeout,
+            data_dir: c.data_dir,
+            fsync: c.fsync,
+            sled_cache_mb: c.sled_cache_mb,
+            peer: c.peer,
+            replication_listen: c.replication_listen,
+            replication_secret: c.replication_secret,
+            node_id: c.node_id,
+            max_clock_skew: c.max_clock_skew,
+            tombstone_ttl: c.tombstone_ttl,
+            replication_queue_mb: c.replication_queue_mb,
+            peer_wait: c.peer_wait.map(PeerWaitValue::Word),
+            not_ready: c.not_ready,
+            replication_ack: flag(c.replication_ack),
+            replication_ack_timeout: c.replication_ack_timeout,
+            replication_backlog_mb: c.replication_backlog_mb,
+            replication_backlog_ttl: c.replication_backlog_ttl,
+            replication_catchup_rate: c.replication_catchup_rate,
+        }
+    }
+}
+
 /// `peer-wait` in the TOML file: seconds, or the word "forever".
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -266,6 +380,8 @@ pub struct ReplicationSettings {
     pub peer: String,
     pub listen: SocketAddr,
     pub secret: Secret,
+    /// Where the secret was read from (shown by `--check-config`, never the secret).
+    pub secret_file: PathBuf,
     pub max_clock_skew: Duration,
     pub queue_bytes: usize,
     pub peer_wait: crate::twin::PeerWait,
@@ -315,6 +431,8 @@ pub struct Settings {
     pub replication: Option<ReplicationSettings>,
     /// Warnings produced while resolving (unknown -o options ...), logged at start.
     pub warnings: Vec<String>,
+    /// `--check-config`: print [`effective::render`] and exit instead of starting.
+    pub check_config: bool,
 }
 
 impl Default for Settings {
@@ -337,12 +455,24 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    #[error("memcached config {path} line {line}: {why}")]
+    MemcachedConf {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
     #[error("UDP is not supported: use -U 0 (got -U {0})")]
     Udp(u16),
     #[error("invalid item size {0:?}: use a number with an optional k or m suffix")]
     ItemSize(String),
     #[error("item size {0} is out of range (1k .. 1024m)")]
     ItemSizeRange(usize),
+    /// memcached's own words, then which flags to change.
+    #[error(
+        "Cannot set item size limit higher than 1/2 of memory max. (-I {item} bytes, -m {memory_mb} \
+         MB: raise -m to at least twice -I, or lower -I)"
+    )]
+    ItemSizeOverHalfMemory { item: usize, memory_mb: u64 },
     #[error("invalid unix socket mask {0:?} (octal, e.g. 700)")]
     Mask(String),
     #[error("{0} must be at least 1")]
@@ -414,6 +544,25 @@ impl Settings {
             }
             None => FileConfig::default(),
         };
+        let mut cli = cli;
+        let legacy = match cli.memcached_conf.as_ref().or(file.memcached_conf.as_ref()) {
+            Some(path) => Some(memcached_conf::read(path)?),
+            None => None,
+        };
+        let file = match legacy {
+            Some(memcached_conf::Legacy { cli: old, warnings }) => {
+                if let Some(udp) = old.udp_port.filter(|&u| u != 0) {
+                    return Err(ConfigError::Udp(udp).into());
+                }
+                let mut extended = old.extended.clone();
+                extended.append(&mut cli.extended);
+                cli.extended = extended;
+                let mut s = Settings::resolve(cli, file.over(FileConfig::from_cli(old)))?;
+                s.warnings.extend(warnings);
+                return Ok(s);
+            }
+            None => file,
+        };
         Ok(Settings::resolve(cli, file)?)
     }
 
@@ -443,6 +592,13 @@ impl Settings {
         let unix_mask =
             u32::from_str_radix(&mask_str, 8).map_err(|_| ConfigError::Mask(mask_str.clone()))?;
         let memory_mb = cli.memory_limit.or(file.memory_limit).unwrap_or(64);
+        // memcached refuses this too (exit 64): an item could take half the cache.
+        if item_size_max as u64 > memory_mb.saturating_mul(1024 * 1024) / 2 {
+            return Err(ConfigError::ItemSizeOverHalfMemory {
+                item: item_size_max,
+                memory_mb,
+            });
+        }
         let threads = cli.threads.or(file.threads).unwrap_or(4);
         if threads == 0 {
             return Err(ConfigError::Zero("threads (-t)"));
@@ -563,6 +719,7 @@ impl Settings {
                 .unwrap_or(DEFAULT_TOMBSTONE_TTL_SECS),
             replication,
             warnings,
+            check_config: cli.check_config,
         })
     }
 }
@@ -656,6 +813,7 @@ fn resolve_replication(
         peer,
         listen,
         secret,
+        secret_file: path,
         max_clock_skew: Duration::from_secs(skew),
         queue_bytes: usize::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX),
         peer_wait,
@@ -805,6 +963,77 @@ mod tests {
         assert!(!s.evict && !s.cas && !s.flush_enabled && s.shutdown_enabled);
         assert_eq!(s.verbose, 2);
         assert_eq!(s.warnings.len(), 2);
+    }
+
+    #[test]
+    fn an_item_size_over_half_the_memory_is_refused_like_memcached() {
+        let refused = |args: &[&str]| {
+            let mut all = vec!["memtwin"];
+            all.extend_from_slice(args);
+            Settings::from_args(all).expect_err("refused").to_string()
+        };
+        let e = refused(&["-m", "1"]);
+        assert!(
+            e.starts_with("Cannot set item size limit higher than 1/2 of memory max.")
+                && e.contains("-m 1 MB"),
+            "{e}"
+        );
+        assert!(refused(&["-m", "0"]).contains("1/2 of memory max"));
+        assert!(refused(&["-m", "4", "-I", "3m"]).contains("-I 3145728 bytes"));
+        // Exactly half is allowed, as in memcached.
+        assert_eq!(settings(&["-m", "2"]).item_size_max, 1 << 20);
+        assert_eq!(
+            settings(&["-m", "1", "-I", "512k"]).item_size_max,
+            512 << 10
+        );
+    }
+
+    #[test]
+    fn a_memcached_conf_is_the_lowest_layer() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let conf = dir.path().join("memcached.conf");
+        std::fs::write(
+            &conf,
+            "-d\nlogfile /var/log/memcached.log\n-m 256\n-p 11311\n-c 99\n-M\n-o foo=1\n",
+        )
+        .expect("write");
+        let conf_s = conf.to_str().expect("utf8");
+        let s = settings(&["--memcached-conf", conf_s]);
+        assert_eq!(
+            (s.memory_limit, s.port, s.max_conns, s.evict, s.daemon),
+            (256 << 20, 11311, 99, false, false)
+        );
+        assert!(s.warnings.iter().any(|w| w.contains("`logfile` ignored")));
+        assert!(
+            s.warnings.iter().any(|w| w.contains("foo")),
+            "{:?}",
+            s.warnings
+        );
+        // The TOML file (which may name the memcached.conf itself) overrides
+        // it, and the command line overrides both.
+        let toml = dir.path().join("memtwin.toml");
+        std::fs::write(
+            &toml,
+            format!("memcached-conf = {conf_s:?}\nport = 11411\nconn-limit = 50\n"),
+        )
+        .expect("write");
+        let toml_s = toml.to_str().expect("utf8");
+        let s = settings(&["--config", toml_s, "-c", "7"]);
+        assert_eq!((s.memory_limit, s.port, s.max_conns), (256 << 20, 11411, 7));
+        // UDP in the old file is refused as on the command line; -U 0 is fine.
+        std::fs::write(&conf, "-U 11211\n").expect("write");
+        let e = Settings::from_args(["memtwin", "--memcached-conf", conf_s]).expect_err("udp");
+        assert!(e.to_string().contains("UDP is not supported"), "{e}");
+        std::fs::write(&conf, "-U 0\n").expect("write");
+        assert_eq!(settings(&["--memcached-conf", conf_s]).port, 11211);
+        let missing = dir.path().join("nope.conf");
+        let e = Settings::from_args([
+            "memtwin",
+            "--memcached-conf",
+            missing.to_str().expect("utf8"),
+        ])
+        .expect_err("missing");
+        assert!(e.to_string().contains("nope.conf"), "{e}");
     }
 
     #[test]

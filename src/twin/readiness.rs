@@ -79,6 +79,17 @@ pub enum NotReadyReply {
     Error,
 }
 
+impl NotReadyReply {
+    /// The flag's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotReadyReply::Refuse => "refuse",
+            NotReadyReply::Close => "close",
+            NotReadyReply::Error => "error",
+        }
+    }
+}
+
 /// How long a node without its twin waits before serving alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerWait {
