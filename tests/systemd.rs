@@ -33,10 +33,20 @@ fn socket_activation_and_notify() {
         .env("NOTIFY_SOCKET", &notify_path)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("log")).expect("log"));
-    // SAFETY: dup2 is async-signal-safe; runs in the child between fork and exec.
+    // SAFETY: dup2 and fcntl are async-signal-safe; runs in the child between
+    // fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
+            // dup2 onto itself is a no-op that keeps FD_CLOEXEC (Rust opens
+            // sockets close-on-exec): when the listener already is fd 3 (the
+            // lowest free number, as happened in CI), clear the flag instead,
+            // or exec closes it and the daemon finds its own epoll fd there.
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
