@@ -75,6 +75,11 @@ impl<'a> Tokens<'a> {
     pub fn new(line: &'a [u8]) -> Self {
         Tokens { rest: line }
     }
+
+    /// What is left after the tokens returned so far.
+    pub fn rest(&self) -> &'a [u8] {
+        self.rest
+    }
 }
 
 impl<'a> Iterator for Tokens<'a> {

@@ -17,6 +17,10 @@ pub struct TextSession {
     mutated: bool,
     /// False while ASCII auth (`-Y`) still has to let this connection in.
     authenticated: bool,
+    /// A multi-get interrupted when its replies filled the output batch: bytes
+    /// of its key list already answered (0 = none). The line stays in the
+    /// input until its last key is served.
+    get_resume: usize,
 }
 
 impl TextSession {
@@ -26,6 +30,7 @@ impl TextSession {
             shared,
             swallow: 0,
             mutated: false,
+            get_resume: 0,
         }
     }
 
@@ -65,6 +70,7 @@ impl TextSession {
             match self.command(input, end, next, out) {
                 Step::Consumed(n) => input.advance(n),
                 Step::NeedMore => return Flow::NeedInput,
+                Step::Flush => return Flow::Flush,
                 Step::Close(n) => {
                     input.advance(n);
                     return Flow::Close;
@@ -90,7 +96,11 @@ impl TextSession {
                 if let Err(r) = text::check_keys(keys) {
                     return self.rejected(r, next, out);
                 }
-                for key in Tokens::new(keys) {
+                // A multi-get of large values must not buffer them all: past
+                // the high-water mark the batch goes out first and the same
+                // line resumes after the keys already answered.
+                let mut toks = Tokens::new(&keys[self.get_resume.min(keys.len())..]);
+                while let Some(key) = toks.next() {
                     match touch {
                         Some(exptime) => {
                             self.mutated = true;
@@ -111,7 +121,13 @@ impl TextSession {
                             });
                         }
                     }
+                    let rest = toks.rest();
+                    if out.len() >= OUTPUT_HIGH_WATER && rest.iter().any(|&c| c != b' ') {
+                        self.get_resume = keys.len() - rest.len();
+                        return Step::Flush;
+                    }
                 }
+                self.get_resume = 0;
                 text::put_line(out, b"END");
             }
             Command::Store {
@@ -391,6 +407,9 @@ enum Step {
     Consumed(usize),
     NeedMore,
     Close(usize),
+    /// Send what is in the output first, then run the same line again (a
+    /// multi-get resuming, see `TextSession::get_resume`).
+    Flush,
 }
 
 fn reply_unless(out: &mut BytesMut, noreply: bool, reply: &[u8]) {
