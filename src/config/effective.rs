@@ -131,12 +131,7 @@ fn size_text(bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn settings(args: &[&str]) -> Settings {
-        let mut v = vec!["memtwin"];
-        v.extend_from_slice(args);
-        Settings::from_args(v).expect("valid")
-    }
+    use crate::config::tests::settings;
 
     #[test]
     fn the_output_reads_back_as_the_same_settings() {

@@ -907,10 +907,11 @@ fn resolve_addr(spec: &str, port: Option<u16>) -> Result<SocketAddr, ConfigError
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn settings(args: &[&str]) -> Settings {
+    /// Settings from these flags (after the program name); panics if invalid.
+    pub(crate) fn settings(args: &[&str]) -> Settings {
         let mut v = vec!["memtwin"];
         v.extend_from_slice(args);
         Settings::from_args(v).expect("valid")
