@@ -254,6 +254,29 @@ def test_stats_items_slabs_with_data(conn, key):
         rt(conn, b"", b"")
 
 
+SLAB_FIELDS = ["chunk_size", "chunks_per_page", "total_pages", "total_chunks", "used_chunks",
+               "free_chunks", "free_chunks_end", "get_hits", "cmd_set", "delete_hits",
+               "incr_hits", "decr_hits", "cas_hits", "cas_badval", "touch_hits"]
+
+
+def test_stats_slabs_fields_per_class(conn, key):
+    """memcached's per-class names, in its order (memtwin: its one class as 1)."""
+    k = key()
+    rt(conn, store(b"set", k, b"v"), b"STORED\r\n")
+    rt(conn, b"get " + k + b"\r\n", b"VALUE " + k + b" 0 1\r\nv\r\nEND\r\n")
+    conn.send(b"stats slabs\r\n")
+    items, st = read_stats(conn)
+    names = [n for n, _ in items]
+    classes = sorted({n.split(":")[0] for n in names if ":" in n}, key=int)
+    assert classes, names
+    for c in classes:
+        assert [n.split(":", 1)[1] for n in names if n.startswith(c + ":")] == SLAB_FIELDS
+    assert int(st["active_slabs"]) == len(classes)
+    assert names[-2:] == ["active_slabs", "total_malloced"]
+    assert sum(int(st[c + ":used_chunks"]) for c in classes) >= 1
+    assert sum(int(st[c + ":get_hits"]) for c in classes) >= 1
+
+
 def test_stats_sizes(conn):
     rt(conn, b"stats sizes\r\n", b"STAT sizes_status disabled\r\nEND\r\n")
 

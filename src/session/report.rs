@@ -216,13 +216,48 @@ pub fn settings(shared: &Shared) -> Pairs {
     ]
 }
 
-/// `stats slabs`: memtwin has no slab classes, so only the totals (which on an
-/// empty cache are exactly memcached's reply).
+/// `stats slabs`: memtwin has no slab classes; its one item class is reported
+/// as memcached's class 1 with memcached's field names (once anything was
+/// stored, as memcached shows a class once it has a page), so per-slab
+/// dashboards keep working. There are no fixed-size chunks, so a "chunk" is an
+/// item: `used_chunks` = `total_chunks` = items, `chunk_size` = the average
+/// bytes charged per item (`chunk_size` x `used_chunks` = memory used, what
+/// those dashboards compute), pages are 1 MiB of it. The hit counters are the
+/// server's, all items being in the one class.
 pub fn slabs(shared: &Shared) -> Pairs {
-    vec![
-        ("active_slabs", "0".into()),
-        ("total_malloced", shared.engine.store().used().to_string()),
-    ]
+    let store = shared.engine.store();
+    let used = store.used();
+    let s = shared.engine.stats().snapshot();
+    let mut out = Vec::new();
+    if s.total_items > 0 || !store.is_empty() {
+        let items = store.len();
+        let chunk = used.checked_div(items).unwrap_or(0);
+        const PAGE: usize = 1 << 20;
+        out.extend([
+            ("1:chunk_size", chunk.to_string()),
+            (
+                "1:chunks_per_page",
+                PAGE.checked_div(chunk).unwrap_or(0).to_string(),
+            ),
+            ("1:total_pages", used.div_ceil(PAGE).to_string()),
+            ("1:total_chunks", items.to_string()),
+            ("1:used_chunks", items.to_string()),
+            ("1:free_chunks", "0".into()),
+            ("1:free_chunks_end", "0".into()),
+            ("1:get_hits", s.get_hits.to_string()),
+            ("1:cmd_set", s.cmd_set.to_string()),
+            ("1:delete_hits", s.delete_hits.to_string()),
+            ("1:incr_hits", s.incr_hits.to_string()),
+            ("1:decr_hits", s.decr_hits.to_string()),
+            ("1:cas_hits", s.cas_hits.to_string()),
+            ("1:cas_badval", s.cas_badval.to_string()),
+            ("1:touch_hits", s.touch_hits.to_string()),
+        ]);
+    }
+    let active = usize::from(!out.is_empty());
+    out.push(("active_slabs", active.to_string()));
+    out.push(("total_malloced", used.to_string()));
+    out
 }
 
 /// `stats items`: memtwin has one item class, reported as memcached's class 1
