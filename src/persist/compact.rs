@@ -146,14 +146,14 @@ impl Compaction {
         self.db.apply_batch(b).map_err(|e| e.to_string())?;
         let mut syncer = Syncer::new(&self.path);
         syncer.sync(&self.db, true).map_err(|e| e.to_string())?;
-        close_sled(self.db);
+        close_sled(self.db, &self.path);
         std::fs::rename(&self.path, disk.next_dir()).map_err(|e| e.to_string())?;
         disk.sync_dir().map_err(|e| e.to_string())
     }
 
     /// Give up: close and remove the incomplete copy.
     pub(crate) fn abort(self) {
-        close_sled(self.db);
+        close_sled(self.db, &self.path);
         if let Err(e) = std::fs::remove_dir_all(&self.path) {
             tracing::warn!("cannot remove {}: {e}", self.path.display());
         }

@@ -9,6 +9,8 @@
 //! DIR/sled/        the sled 0.34.7 database (conf, db, blobs/, snap.*)
 //! DIR/sled.compact a rewrite in progress (see `compact`); sled.next and
 //!                  sled.old exist only for a moment while it is swapped in
+//! DIR/RESCUE       writes saved when sled wedged, applied by the next open
+//!                  (see `rescue`)
 //! ```
 //!
 //! **Durability.** sled 0.34.7's `flush()` writes its buffers and calls
@@ -49,6 +51,7 @@
 //! been verified, before the first purge changes the number of records.
 
 use super::record::{self, meta};
+use super::rescue;
 use crate::mutation::FlushSpec;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -177,11 +180,87 @@ pub(crate) fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, Strin
     contain_sled_panic("opening", || cfg.open())?.map_err(|e| e.to_string())
 }
 
-/// Drop a sled handle, containing a panic from its drop-time flush.
-pub(crate) fn close_sled(db: sled::Db) {
+/// How long [`close_sled`] keeps waking a stuck flush before giving up.
+const CLOSE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Drop the sled handle of the database in `sled_dir`, containing a panic
+/// from its drop-time flush, and never hanging the caller.
+///
+/// sled 0.34.7 can wedge after an I/O error: seen here about once in 30 runs
+/// of the disk-full test under load, the writer thread hung for good in
+/// `Tree::drop`, whose flush waits for a log position that no write will ever
+/// reach (every sled I/O thread idle, no error recorded; a second flush waits
+/// the same way), so the daemon never became writable again. The flush
+/// therefore runs on a helper thread first, with a second flush after 100 ms
+/// to deliver the wake-up sled can miss when an error *was* recorded
+/// (`pagecache/logger.rs` records one without notifying). If sled has not
+/// answered after [`CLOSE_PATIENCE`], the handle is wedged and abandoned, and
+/// [`sled_wedged`] says so from then on. The stuck flush holds sled's
+/// concurrency-control lock, which is one static for the whole process: every
+/// later `apply_batch`, on any handle, would wait for it forever (seen: the
+/// reopened handle hung in `concurrency_control::write`). The writer therefore
+/// saves what it holds in [`super::rescue`] and exits for a restart.
+pub(crate) fn close_sled(db: sled::Db, sled_dir: &Path) {
+    if !flush_waking(&db) {
+        // Dropping it would hang this thread in the same wait.
+        std::mem::forget(db);
+        SLED_WEDGED.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::error!(
+            "persistence: sled wedged after an I/O error: closing {} did not finish within {} \
+             s, and sled's lock is process-wide, so no sled handle can write again until \
+             memtwin restarts",
+            sled_dir.display(),
+            CLOSE_PATIENCE.as_secs()
+        );
+        return;
+    }
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db))).is_err() {
         tracing::warn!("sled panicked while closing after an I/O error");
     }
+}
+
+/// Set for good once a sled handle wedged (see [`close_sled`]).
+static SLED_WEDGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True once sled wedged in this process: only a restart helps.
+pub(crate) fn sled_wedged() -> bool {
+    SLED_WEDGED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Flush `db` on a helper thread, waking it while it waits (see
+/// [`close_sled`]). False when sled did not answer within [`CLOSE_PATIENCE`];
+/// the handle then stays with the helper.
+fn flush_waking(db: &sled::Db) -> bool {
+    use std::time::{Duration, Instant};
+    let Some(first) = spawn_flush(db, "memtwin-sled-close") else {
+        return true;
+    };
+    let started = Instant::now();
+    let mut waker: Option<std::thread::JoinHandle<()>> = None;
+    while !first.is_finished() {
+        if started.elapsed() >= CLOSE_PATIENCE {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        // A flush that finds the error recorded wakes the stuck one; one
+        // waker at a time, a new one when the last returned.
+        let waking = waker.as_ref().is_some_and(|w| !w.is_finished());
+        if !first.is_finished() && !waking && started.elapsed() >= Duration::from_millis(100) {
+            waker = spawn_flush(db, "memtwin-sled-wake");
+        }
+    }
+    true
+}
+
+/// `db.flush()` on its own thread, a panic contained.
+fn spawn_flush(db: &sled::Db, name: &str) -> Option<std::thread::JoinHandle<()>> {
+    let db = db.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.flush()));
+        })
+        .ok()
 }
 
 const CHECKPOINT_MAGIC: &str = "memtwin-checkpoint 1";
@@ -348,6 +427,15 @@ impl Disk {
                 ));
             }
         }
+        if let Some(applied) = Self::apply_rescue(dir, &sled_dir, &db, opened.history_id)? {
+            opened = Self::read_or_init_meta(dir, &db, false)?;
+            tracing::warn!(
+                "applied {applied} writes from {} (saved when sled wedged before the last stop); \
+                 last seq now {}",
+                rescue::path(dir).display(),
+                opened.last_seq
+            );
+        }
         if fresh_dir {
             // Make the new files' directory entries durable too.
             for d in [dir, sled_dir.as_path()] {
@@ -366,6 +454,50 @@ impl Disk {
             },
             opened,
         ))
+    }
+
+    /// Apply `DIR/RESCUE` (see [`super::rescue`]) durably and remove it.
+    /// Returns how many writes it held, or None when there was none.
+    fn apply_rescue(
+        dir: &Path,
+        sled_dir: &Path,
+        db: &sled::Db,
+        history: u128,
+    ) -> Result<Option<usize>, OpenError> {
+        let file = rescue::path(dir);
+        let bad = |d: String| {
+            OpenError::unusable(
+                dir,
+                format!(
+                    "{}: {d}; it holds writes saved when sled wedged, move it aside to start \
+                     without them",
+                    file.display()
+                ),
+            )
+        };
+        let Some(bytes) = rescue::read(dir).map_err(|e| bad(e.to_string()))? else {
+            return Ok(None);
+        };
+        let (from, entries) = rescue::decode(&bytes).map_err(|e| bad(e.to_string()))?;
+        if from != history {
+            return Err(bad(format!(
+                "it belongs to data set {from:032x}, not to this one ({history:032x})"
+            )));
+        }
+        let mut b = sled::Batch::default();
+        for (k, v) in &entries {
+            match v {
+                Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                None => b.remove(k.as_slice()),
+            }
+        }
+        db.apply_batch(b)
+            .map_err(|e| bad(format!("cannot apply it: {e}")))?;
+        Syncer::new(sled_dir)
+            .sync(db, true)
+            .map_err(|e| bad(format!("cannot make it durable: {e}")))?;
+        rescue::remove(dir).map_err(|e| bad(format!("applied, but cannot remove it: {e}")))?;
+        Ok(Some(entries.len()))
     }
 
     fn read_or_init_meta(dir: &Path, db: &sled::Db, fresh_dir: bool) -> Result<Opened, OpenError> {
@@ -482,7 +614,10 @@ impl Disk {
         let old_dir = self.dir.join("sled.old");
         let mut g = self.write();
         if let Some(db) = g.take() {
-            close_sled(db);
+            close_sled(db, &self.sled_dir);
+        }
+        if sled_wedged() {
+            return Err("sled wedged: no handle in this process can write any more".into());
         }
         let renamed = std::fs::rename(&self.sled_dir, &old_dir)
             .and_then(|_| match std::fs::rename(self.next_dir(), &self.sled_dir) {
@@ -512,7 +647,7 @@ impl Disk {
     /// a failed warm restart the data set may be damaged).
     pub(crate) fn close(&self) {
         if let Some(db) = self.write().take() {
-            close_sled(db);
+            close_sled(db, &self.sled_dir);
         }
     }
 
@@ -586,7 +721,10 @@ impl Disk {
     ) -> Result<(), String> {
         let mut g = self.write();
         if let Some(old) = g.take() {
-            close_sled(old);
+            close_sled(old, &self.sled_dir);
+        }
+        if sled_wedged() {
+            return Err("sled wedged: no handle in this process can write any more".into());
         }
         // sled's background threads may hold the old file (and its lock) for a
         // moment after the handle is dropped.
@@ -618,6 +756,20 @@ impl Disk {
         })();
         let _ = std::fs::remove_file(&path);
         res
+    }
+
+    /// Bytes available to memtwin on the data directory's filesystem.
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(self.dir.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: statvfs writes into the zeroed struct we pass.
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid C string and a valid pointer.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
     }
 
     /// Bytes of sled's files on disk.
@@ -754,6 +906,47 @@ mod tests {
                 std::fs::copy(e.path(), dst).expect("copy");
             }
         }
+    }
+
+    fn refusal(dir: &Path) -> String {
+        match Disk::open(dir, 8 << 20) {
+            Ok(_) => panic!("{} opened", dir.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_rescue_file_is_applied_once_and_a_bad_one_refused() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("d");
+        let history = make_data_set(&dir, b"gone");
+        let entries: Vec<rescue::Entry> = vec![
+            (record::item_key(b"saved"), Some(b"v".to_vec())),
+            (record::item_key(b"gone"), None),
+            (meta::LAST_SEQ.to_vec(), Some(42u64.to_le_bytes().to_vec())),
+        ];
+        // Another data set's file, then a damaged one: refused, left in place.
+        rescue::write(&dir, history ^ 1, &entries).expect("write");
+        let err = refusal(&dir);
+        assert!(err.contains("belongs to data set"), "{err}");
+        let mut b = rescue::encode(history, entries.iter());
+        b[30] ^= 1;
+        std::fs::write(rescue::path(&dir), &b).expect("write");
+        let err = refusal(&dir);
+        assert!(
+            err.contains("checksum") && err.contains("move it aside"),
+            "{err}"
+        );
+        assert!(rescue::path(&dir).exists());
+        // The right one: applied on top of what sled has, then removed.
+        rescue::write(&dir, history, &entries).expect("write");
+        let (disk, opened) = Disk::open(&dir, 8 << 20).expect("open");
+        assert_eq!(opened.last_seq, 42);
+        assert!(disk.get(b"saved").expect("get").is_some());
+        assert!(disk.get(b"gone").expect("get").is_none());
+        drop(disk);
+        assert!(!rescue::path(&dir).exists());
+        assert!(has(&dir, b"saved"), "durable without the file");
     }
 
     #[test]

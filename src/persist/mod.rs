@@ -44,6 +44,7 @@ mod compact;
 pub mod disk;
 pub mod load;
 pub mod record;
+pub mod rescue;
 mod writer;
 
 pub use disk::OpenError;

@@ -25,6 +25,17 @@
 //! and only then reports healthy again. Nothing acknowledged before the error
 //! is lost: it is either durable or in the replayed set.
 //!
+//! **A reserve of free space.** sled must never see a full disk in the first
+//! place: a blob write that fails with `ENOSPC` can leave a hole in its log
+//! that no flush ever fills, and then even closing the handle hangs (seen here
+//! about once in 30 disk-full runs under load; see [`super::disk::close_sled`]).
+//! So before each batch the writer checks the filesystem (`statvfs`, about a
+//! microsecond) and refuses writes, exactly as for an I/O error, while less
+//! than [`Tuning::min_free_bytes`] plus twice the batch would remain, the way
+//! Elasticsearch's flood-stage watermark turns indices read-only. sled is
+//! untouched then, so recovery needs no reopen: writes resume as soon as there
+//! is room again. A rewrite starts only when the copy fits above the reserve.
+//!
 //! **Sweeper.** Expired and flushed records that nothing reads any more are
 //! purged by a paced scan of the item keys (a chunk every tick, a pass about
 //! once a minute, and promptly after a `flush_all`). The pass also counts live
@@ -36,7 +47,9 @@
 //! `MEMTWIN_PERSIST_SWEEP_SECS` [60] between sweep passes,
 //! `MEMTWIN_PERSIST_COMPACT_RATIO` [3.0] disk/live ratio that triggers a rewrite,
 //! `MEMTWIN_PERSIST_COMPACT_MIN_MB` [64] no rewrite below this size on disk,
-//! `MEMTWIN_PERSIST_COMPACT_EVERY_SECS` [600] minimum time between rewrites.
+//! `MEMTWIN_PERSIST_COMPACT_EVERY_SECS` [600] minimum time between rewrites,
+//! `MEMTWIN_PERSIST_MIN_FREE_MB` [64] free space kept in reserve on the data
+//! directory's filesystem (0: no reserve).
 
 use super::compact::Compaction;
 use super::disk::Syncer;
@@ -77,6 +90,8 @@ pub(crate) struct Tuning {
     pub compact_ratio: f64,
     pub compact_min_bytes: u64,
     pub compact_every: Duration,
+    /// Writes are refused while less than this would stay free on disk.
+    pub min_free_bytes: u64,
 }
 
 impl Tuning {
@@ -91,6 +106,7 @@ impl Tuning {
             compact_every: Duration::from_secs(
                 env("MEMTWIN_PERSIST_COMPACT_EVERY_SECS").unwrap_or(600),
             ),
+            min_free_bytes: env::<u64>("MEMTWIN_PERSIST_MIN_FREE_MB").unwrap_or(64) << 20,
         }
     }
 }
@@ -160,6 +176,26 @@ impl Changes {
             .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(bound)))
     }
 
+    /// The writes as (disk key, value) pairs, metadata included: what
+    /// [`Changes::batch`] would apply.
+    fn entries(&self) -> Vec<super::rescue::Entry> {
+        let mut out: Vec<super::rescue::Entry> = self
+            .writes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if self.last_seq > 0 {
+            out.push((
+                meta::LAST_SEQ.to_vec(),
+                Some(self.last_seq.to_le_bytes().to_vec()),
+            ));
+        }
+        if let Some(f) = self.flush {
+            out.push((meta::FLUSH.to_vec(), Some(record::encode_flush(f).to_vec())));
+        }
+        out
+    }
+
     fn full(&self) -> bool {
         self.records >= MAX_BATCH_RECORDS || self.bytes >= MAX_BATCH_BYTES
     }
@@ -196,6 +232,12 @@ struct Sweeper {
 
 type Failure = (&'static str, String);
 
+/// Exit status after sled wedged (EX_TEMPFAIL: a restart recovers).
+pub(crate) const EXIT_SLED_WEDGED: i32 = 75;
+
+/// The failure that left sled untouched: too little room on disk.
+const SPACE: &str = "space reserve";
+
 pub(crate) struct Writer {
     state: Arc<State>,
     rx: Receiver<Arc<Mutation>>,
@@ -208,6 +250,8 @@ pub(crate) struct Writer {
     flush: FlushSpec,
     last_sync: Instant,
     healthy: bool,
+    /// The last failure was sled's (not the reserve): recovery reopens it.
+    sled_failed: bool,
     backoff: Duration,
     retry_at: Instant,
     last_error_log: Instant,
@@ -244,6 +288,7 @@ impl Writer {
             flush,
             last_sync: now,
             healthy: true,
+            sled_failed: false,
             backoff: Duration::from_millis(100),
             retry_at: now,
             last_error_log: now,
@@ -276,6 +321,9 @@ impl Writer {
     /// received has been applied and synced.
     pub(crate) fn run(mut self) {
         loop {
+            if super::disk::sled_wedged() {
+                self.fail_stop();
+            }
             let stopping = self.state.stop.load(Ordering::SeqCst);
             let mut disconnected = false;
             if !stopping && (self.pending.is_empty() || !self.healthy) {
@@ -350,6 +398,7 @@ impl Writer {
 
     /// Apply the pending batch; under `always` make it durable and acknowledge.
     fn commit(&mut self) -> Result<(), Failure> {
+        self.check_room(self.pending.bytes)?;
         let batch = self.pending.batch();
         {
             let g = self.state.disk.read();
@@ -426,17 +475,52 @@ impl Writer {
         Ok(())
     }
 
+    /// Refuse a batch of `bytes` that would eat into the free-space reserve.
+    fn check_room(&self, bytes: usize) -> Result<(), Failure> {
+        if self.tuning.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let free = self
+            .state
+            .disk
+            .free_bytes()
+            .map_err(|e| (SPACE, format!("cannot read free space: {e}")))?;
+        let need = self.tuning.min_free_bytes + 2 * bytes as u64;
+        if free < need {
+            return Err((
+                SPACE,
+                format!(
+                    "only {:.1} MiB free, below the reserve of {} MiB \
+                     (MEMTWIN_PERSIST_MIN_FREE_MB) plus this batch",
+                    free as f64 / 1048576.0,
+                    self.tuning.min_free_bytes >> 20
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn failed(&mut self, what: &str, e: &str) {
         self.state.write_errors.fetch_add(1, Ordering::Relaxed);
+        if what != SPACE {
+            self.sled_failed = true;
+        }
         if self.compaction.is_some() {
             self.abort_compaction("the live database failed");
         }
         if self.healthy {
-            tracing::error!(
-                "persistence: {what} to {} failed: {e}; writes are refused with SERVER_ERROR \
-                 until the disk accepts them again (reads keep working)",
-                self.state.disk.dir().display()
-            );
+            let dir = self.state.disk.dir().display();
+            if what == SPACE {
+                tracing::error!(
+                    "persistence: {dir} is nearly full: {e}; writes are refused with \
+                     SERVER_ERROR until there is room again (reads keep working)"
+                );
+            } else {
+                tracing::error!(
+                    "persistence: {what} to {dir} failed: {e}; writes are refused with \
+                     SERVER_ERROR until the disk accepts them again (reads keep working)"
+                );
+            }
             self.healthy = false;
             self.state.healthy.store(false, Ordering::SeqCst);
             self.ack.set_healthy(false);
@@ -459,6 +543,16 @@ impl Writer {
         }
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         self.retry_at = Instant::now() + self.backoff;
+        if let Err((what, e)) = self.check_room(self.pending.bytes + self.unsynced.bytes) {
+            self.failed(what, &e);
+            return;
+        }
+        if !self.sled_failed {
+            // Only the reserve stopped us: sled is intact, the loop commits
+            // what is pending.
+            self.set_healthy_again(0);
+            return;
+        }
         if let Err(e) = self.state.disk.probe_space() {
             self.failed("space check", &e.to_string());
             return;
@@ -481,22 +575,56 @@ impl Writer {
                     .fetch_max(self.state.applied.load(Ordering::Acquire), Ordering::AcqRel);
                 self.state.pending.store(0, Ordering::Relaxed);
                 self.ack.ack(self.state.applied.load(Ordering::Acquire));
-                self.healthy = true;
-                self.state.healthy.store(true, Ordering::SeqCst);
-                self.ack.set_healthy(true);
                 self.last_sync = Instant::now();
-                tracing::info!(
-                    "persistence: {} is writable again; {} waiting records written, accepting \
-                     writes",
-                    self.state.disk.dir().display(),
-                    all.records
-                );
+                self.sled_failed = false;
+                self.set_healthy_again(all.records);
             }
             Err(e) => {
                 self.unsynced = all;
                 self.failed("reopen", &e);
             }
         }
+    }
+
+    /// sled wedged (see `disk::close_sled`): nothing in this process can
+    /// write to it again. Save what is held in `DIR/RESCUE` for the next start
+    /// and exit, so the service manager restarts memtwin (`Restart=on-failure`),
+    /// as PostgreSQL does after a failed fsync.
+    fn fail_stop(&mut self) -> ! {
+        let mut all = std::mem::take(&mut self.unsynced);
+        all.absorb(std::mem::take(&mut self.pending));
+        while let Ok(m) = self.rx.try_recv() {
+            all.add(&m);
+        }
+        let entries = all.entries();
+        let dir = self.state.disk.dir();
+        match super::rescue::write(dir, self.state.history_id(), &entries) {
+            Ok(()) => tracing::error!(
+                "persistence: sled cannot write any more in this process; {} writes saved in {} \
+                 for the next start; exiting (status {EXIT_SLED_WEDGED}) to be restarted",
+                entries.len(),
+                super::rescue::path(dir).display()
+            ),
+            Err(e) => tracing::error!(
+                "persistence: sled cannot write any more in this process, and saving {} writes \
+                 in {} failed ({e}): they are lost; exiting (status {EXIT_SLED_WEDGED}) to be \
+                 restarted",
+                all.records,
+                super::rescue::path(dir).display()
+            ),
+        }
+        std::process::exit(EXIT_SLED_WEDGED)
+    }
+
+    fn set_healthy_again(&mut self, written: usize) {
+        self.healthy = true;
+        self.state.healthy.store(true, Ordering::SeqCst);
+        self.ack.set_healthy(true);
+        tracing::info!(
+            "persistence: {} is writable again; {written} waiting records written, accepting \
+             writes",
+            self.state.disk.dir().display(),
+        );
     }
 
     fn housekeeping(&mut self) {
@@ -537,6 +665,21 @@ impl Writer {
             return;
         }
         self.last_compaction = Instant::now();
+        // The copy holds the live records (about live_bytes, plus sled's
+        // own overhead): start only when it fits above the reserve.
+        let free = self.state.disk.free_bytes().unwrap_or(0);
+        let copy = live_bytes.saturating_mul(3) / 2;
+        if free < t.min_free_bytes.saturating_add(copy) {
+            tracing::warn!(
+                "persistence: not rewriting the data set ({:.1} MiB on disk for {:.1} MiB live): \
+                 only {:.1} MiB free, the copy needs about {:.1} MiB above the reserve",
+                on_disk as f64 / 1048576.0,
+                live_bytes as f64 / 1048576.0,
+                free as f64 / 1048576.0,
+                copy as f64 / 1048576.0
+            );
+            return;
+        }
         let cache = (self.state.disk.cache_bytes() / 4).max(8 << 20);
         match Compaction::start(&self.state.disk, cache) {
             Ok(c) => {
