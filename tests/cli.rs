@@ -163,6 +163,19 @@ fn an_item_limit_over_half_the_memory_exits_64_like_memcached() {
     );
 }
 
+/// memcached 1.6.18 `-D ''`: "No delimiter specified" (memcached exits 1;
+/// memtwin uses 64, its status for every configuration error).
+#[test]
+fn an_empty_prefix_delimiter_is_refused() {
+    let out = Command::new(bin())
+        .args(["-p", "0", "-D", ""])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No delimiter specified"), "{err}");
+}
+
 /// Migration: point memtwin at Debian's memcached.conf and check what it would
 /// run with, without starting it.
 #[test]

@@ -125,7 +125,8 @@ pub struct Cli {
     /// Large memory pages (accepted for compatibility, ignored).
     #[arg(short = 'L', long = "enable-largepages")]
     pub largepages: bool,
-    /// Stats prefix delimiter (accepted for compatibility, ignored).
+    /// Delimiter between key prefix and id for `stats detail` (default `:`);
+    /// giving it turns per-prefix counting on, as in memcached.
     #[arg(short = 'D')]
     pub prefix_delimiter: Option<String>,
     /// Disable `stats cachedump` (always disabled in memtwin; accepted).
@@ -429,6 +430,10 @@ pub struct Settings {
     pub tombstone_ttl: u64,
     /// Twin replication; None = standalone.
     pub replication: Option<ReplicationSettings>,
+    /// `-D`: the `stats detail` prefix delimiter (`:` by default).
+    pub prefix_delimiter: u8,
+    /// `stats detail` counting from the start (`-D` given).
+    pub detail_enabled: bool,
     /// Warnings produced while resolving (unknown -o options ...), logged at start.
     pub warnings: Vec<String>,
     /// `--check-config`: print [`effective::render`] and exit instead of starting.
@@ -477,6 +482,9 @@ pub enum ConfigError {
     Mask(String),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    /// memcached's words for `-D ''`.
+    #[error("No delimiter specified (-D)")]
+    NoDelimiter,
     #[error("--fsync and --sled-cache-mb need --data-dir (persistence is off without it)")]
     PersistWithoutDir,
     #[error("--node-id {0} is out of range: use 1 to 4095")]
@@ -616,6 +624,11 @@ impl Settings {
         if cli.growth_factor.is_some() || cli.slab_min_size.is_some() {
             warnings.push("slab options -f/-n are ignored: memtwin has no slab allocator".into());
         }
+        let prefix_delimiter = match cli.prefix_delimiter.as_deref().map(str::as_bytes) {
+            None => b':',
+            Some([c, ..]) => *c,
+            Some([]) => return Err(ConfigError::NoDelimiter),
+        };
         if cli.max_reqs_per_event.is_some() {
             warnings.push("-R is ignored".into());
         }
@@ -718,6 +731,8 @@ impl Settings {
                 .or(file.tombstone_ttl)
                 .unwrap_or(DEFAULT_TOMBSTONE_TTL_SECS),
             replication,
+            prefix_delimiter,
+            detail_enabled: cli.prefix_delimiter.is_some(),
             warnings,
             check_config: cli.check_config,
         })

@@ -24,7 +24,6 @@ use crate::protocol::binary::{
 };
 use crate::session::{report, Flow, Shared, OUTPUT_HIGH_WATER};
 use bytes::{Buf, Bytes, BytesMut};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Where a connection is in the SASL PLAIN exchange.
@@ -217,6 +216,7 @@ impl BinarySession {
                         put_response(out, to, Status::Success, it.cas(), &flags, rkey, it.value())
                     })
                 };
+                self.shared.prefixes.get(key, hit.is_some());
                 match hit {
                     Some(()) => {}
                     None if quiet => {}
@@ -229,7 +229,10 @@ impl BinarySession {
             }
             Kind::Touch => {
                 self.mutated = true;
-                match e.touch(key, i64::from(bin::exptime_extras(extras))) {
+                let touched = e.touch(key, i64::from(bin::exptime_extras(extras)));
+                // memcached's binary touch goes through its get-and-touch path.
+                self.shared.prefixes.get(key, touched.is_some());
+                match touched {
                     Some(v) => put_response(
                         out,
                         to,
@@ -247,6 +250,7 @@ impl BinarySession {
                 let cmd = StoreCmd::new(mode, key, flags, exptime, Bytes::copy_from_slice(value))
                     .with_header_cas(h.cas);
                 self.mutated = true;
+                self.shared.prefixes.set(key);
                 let status = match e.store_item(cmd) {
                     StoreOutcome::Stored { cas } => {
                         if !quiet {
@@ -270,6 +274,7 @@ impl BinarySession {
             }
             Kind::Delete => {
                 self.mutated = true;
+                self.shared.prefixes.delete(key);
                 let status = match e.delete(key, (h.cas != 0).then_some(h.cas)) {
                     DeleteOutcome::Deleted => Status::Success,
                     DeleteOutcome::NotFound => Status::KeyNotFound,
@@ -359,17 +364,19 @@ impl BinarySession {
             report::general(sh)
         } else if group.starts_with(b"reset") {
             sh.engine.stats().reset();
+            sh.prefixes.clear();
             Vec::new()
         } else if group.starts_with(b"settings") {
             report::settings(sh)
         } else if let Some(sub) = group.strip_prefix(b"detail") {
             if sub.starts_with(b" dump") {
-                vec![("detailed", "END\r\n".to_string())]
+                let dump = String::from_utf8_lossy(&sh.prefixes.dump()).into_owned();
+                vec![("detailed", dump)]
             } else if sub.starts_with(b" on") {
-                sh.detail.store(true, Ordering::Relaxed);
+                sh.prefixes.set_enabled(true);
                 Vec::new()
             } else if sub.starts_with(b" off") {
-                sh.detail.store(false, Ordering::Relaxed);
+                sh.prefixes.set_enabled(false);
                 Vec::new()
             } else {
                 put_error(out, to, Status::KeyNotFound);

@@ -9,6 +9,7 @@
 pub mod ascii_auth;
 pub mod binary;
 pub mod meta;
+pub mod prefix_stats;
 pub mod report;
 pub mod text;
 
@@ -36,7 +37,8 @@ pub struct Shared {
     pub verbosity: AtomicU32,
     pub curr_conns: AtomicUsize,
     pub accepting: AtomicBool,
-    pub detail: AtomicBool,
+    /// `stats detail`: per-prefix counters.
+    pub prefixes: prefix_stats::PrefixStats,
     pub conns: ConnRegistry,
     /// Cancelled by the `shutdown` command (with `-A`) or a signal.
     pub shutdown: CancellationToken,
@@ -50,6 +52,8 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(engine: Arc<Engine>, settings: Arc<Settings>) -> Self {
+        let prefixes =
+            prefix_stats::PrefixStats::new(settings.prefix_delimiter, settings.detail_enabled);
         Shared {
             verbosity: AtomicU32::new(u32::from(settings.verbose)),
             engine,
@@ -57,7 +61,7 @@ impl Shared {
             auth: crate::auth::Auth::default(),
             curr_conns: AtomicUsize::new(0),
             accepting: AtomicBool::new(true),
-            detail: AtomicBool::new(false),
+            prefixes,
             conns: ConnRegistry::default(),
             shutdown: CancellationToken::new(),
             twin: std::sync::OnceLock::new(),

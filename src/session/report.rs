@@ -183,10 +183,7 @@ pub fn settings(shared: &Shared) -> Pairs {
         ("shutdown_command", yes_no(st.shutdown_enabled)),
         ("num_threads", st.threads.to_string()),
         ("stat_key_prefix", ":".into()),
-        (
-            "detail_enabled",
-            yes_no(shared.detail.load(Ordering::Relaxed)),
-        ),
+        ("detail_enabled", yes_no(shared.prefixes.enabled())),
         ("cas_enabled", yes_no(st.cas)),
         ("tcp_backlog", st.backlog.to_string()),
         (

@@ -104,13 +104,15 @@ impl TextSession {
                     match touch {
                         Some(exptime) => {
                             self.mutated = true;
-                            if let Some(v) = e.get_and_touch(key, exptime) {
+                            let found = e.get_and_touch(key, exptime);
+                            if let Some(v) = &found {
                                 text::put_value(out, key, v.flags, &v.value, cas.then_some(v.cas));
                             }
+                            self.shared.prefixes.get(key, found.is_some());
                         }
                         // Encoded straight from the table: no copy of the item.
                         None => {
-                            e.get_with(key, |it| {
+                            let found = e.get_with(key, |it| {
                                 text::put_value(
                                     out,
                                     key,
@@ -119,6 +121,7 @@ impl TextSession {
                                     cas.then_some(it.cas()),
                                 )
                             });
+                            self.shared.prefixes.get(key, found.is_some());
                         }
                     }
                     let rest = toks.rest();
@@ -141,6 +144,7 @@ impl TextSession {
             } => {
                 let total = next + len + 2;
                 if !e.fits(key.len(), len) {
+                    self.shared.prefixes.set(key);
                     // Reply now and discard the data block without buffering it.
                     let mut c = StoreCmd::new(mode, key, flags, exptime, Bytes::new());
                     c.compare_cas = cas;
@@ -154,6 +158,7 @@ impl TextSession {
                     return Step::NeedMore;
                 }
                 let data = &input[next..total];
+                self.shared.prefixes.set(key);
                 if &data[len..] != b"\r\n" {
                     if !noreply {
                         text::put_error(out, TextError::Client("bad data chunk"));
@@ -175,6 +180,7 @@ impl TextSession {
             }
             Command::Delete { key, noreply } => {
                 self.mutated = true;
+                self.shared.prefixes.delete(key);
                 let reply: &[u8] = match e.delete(key, None) {
                     DeleteOutcome::Deleted => b"DELETED",
                     DeleteOutcome::NotFound => b"NOT_FOUND",
@@ -367,20 +373,21 @@ impl TextSession {
             }
             Some(b"reset") => {
                 self.shared.engine.stats().reset();
+                self.shared.prefixes.clear();
                 text::put_line(out, b"RESET");
                 return;
             }
             Some(b"detail") => {
                 match toks.next() {
                     Some(b"on") => {
-                        self.shared.detail.store(true, Ordering::Relaxed);
+                        self.shared.prefixes.set_enabled(true);
                         text::put_line(out, b"OK");
                     }
                     Some(b"off") => {
-                        self.shared.detail.store(false, Ordering::Relaxed);
+                        self.shared.prefixes.set_enabled(false);
                         text::put_line(out, b"OK");
                     }
-                    Some(b"dump") => text::put_line(out, b"END"),
+                    Some(b"dump") => out.extend_from_slice(&self.shared.prefixes.dump()),
                     _ => text::put_line(out, b"CLIENT_ERROR usage: stats detail on|off|dump"),
                 }
                 return;
