@@ -1,7 +1,8 @@
 //! Credentials for SASL PLAIN (binary protocol) and ASCII auth (`-Y`).
 //!
-//! Both mechanisms check a `user:password` pair against a file loaded once at
-//! start-up, so they share this module: file parsing, the constant-time
+//! Both mechanisms check a `user:password` pair against a file loaded at
+//! start-up and again on SIGHUP ([`LiveCredentials`]: a bad new file keeps the
+//! users in force), so they share this module: file parsing, the constant-time
 //! comparison and the RFC 4616 PLAIN message. Keeping it in one place means
 //! there is exactly one piece of code that ever touches a password.
 //!
@@ -17,6 +18,7 @@
 
 use crate::config::{BindingProtocol, Settings};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 /// The environment variable memcached's SASL support reads its password file from.
 pub const SASL_PWDB_ENV: &str = "MEMCACHED_SASL_PWDB";
@@ -185,13 +187,65 @@ impl Credentials {
     }
 }
 
-/// The credentials a running server checks, loaded once at start-up.
+/// A credential file's users as they are now: read at every authentication
+/// (a few per connection, so an uncontended lock), replaced by a reload.
+#[derive(Debug)]
+pub struct LiveCredentials {
+    format: Format,
+    path: RwLock<PathBuf>,
+    current: RwLock<Arc<Credentials>>,
+}
+
+impl LiveCredentials {
+    pub fn new(path: PathBuf, format: Format, creds: Credentials) -> Self {
+        LiveCredentials {
+            format,
+            path: RwLock::new(path),
+            current: RwLock::new(Arc::new(creds)),
+        }
+    }
+
+    /// The users in force.
+    pub fn current(&self) -> Arc<Credentials> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        match self.path.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Read `path` and, if it is a valid non-empty file, make it the users in
+    /// force (returns how many); otherwise keep the current ones.
+    pub fn reload(&self, path: &Path) -> Result<usize, AuthError> {
+        let creds = Credentials::load(path, self.format)?;
+        let n = creds.len();
+        match self.current.write() {
+            Ok(mut g) => *g = Arc::new(creds),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(creds),
+        }
+        match self.path.write() {
+            Ok(mut g) => *g = path.to_path_buf(),
+            Err(poisoned) => *poisoned.into_inner() = path.to_path_buf(),
+        }
+        Ok(n)
+    }
+}
+
+/// The credentials a running server checks: loaded at start-up, reloaded on
+/// SIGHUP. Whether each mechanism is on is fixed at start-up (it decides which
+/// protocols a connection may speak); only the users change.
 #[derive(Debug, Default)]
 pub struct Auth {
     /// SASL PLAIN users (`-S`); `None` when SASL is off.
-    pub sasl: Option<Credentials>,
+    pub sasl: Option<LiveCredentials>,
     /// ASCII auth users (`-Y`); `None` when ASCII auth is off.
-    pub ascii: Option<Credentials>,
+    pub ascii: Option<LiveCredentials>,
 }
 
 impl Auth {
@@ -199,21 +253,17 @@ impl Auth {
     /// file (flag, config or `MEMCACHED_SASL_PWDB`) is an error: memtwin has no
     /// Cyrus SASL to fall back on.
     pub fn load(settings: &Settings) -> Result<Auth, AuthError> {
-        let sasl = if settings.sasl {
-            let path = settings
-                .sasl_pwdb
-                .clone()
-                .or_else(|| std::env::var_os(SASL_PWDB_ENV).map(PathBuf::from))
-                .ok_or(AuthError::NoPwdb)?;
-            let c = Credentials::load(&path, Format::SaslPwdb)?;
-            tracing::info!(
-                "SASL PLAIN enabled: {} user(s) from {}",
-                c.len(),
-                path.display()
-            );
-            Some(c)
-        } else {
-            None
+        let sasl = match Self::sasl_path(settings)? {
+            Some(path) => {
+                let c = Credentials::load(&path, Format::SaslPwdb)?;
+                tracing::info!(
+                    "SASL PLAIN enabled: {} user(s) from {}",
+                    c.len(),
+                    path.display()
+                );
+                Some(LiveCredentials::new(path, Format::SaslPwdb, c))
+            }
+            None => None,
         };
         let ascii = match &settings.auth_file {
             Some(path) => {
@@ -223,11 +273,73 @@ impl Auth {
                     c.len(),
                     path.display()
                 );
-                Some(c)
+                Some(LiveCredentials::new(path.clone(), Format::AuthFile, c))
             }
             None => None,
         };
         Ok(Auth { sasl, ascii })
+    }
+
+    /// The SASL password database `settings` name, None with SASL off.
+    fn sasl_path(settings: &Settings) -> Result<Option<PathBuf>, AuthError> {
+        if !settings.sasl {
+            return Ok(None);
+        }
+        settings
+            .sasl_pwdb
+            .clone()
+            .or_else(|| std::env::var_os(SASL_PWDB_ENV).map(PathBuf::from))
+            .ok_or(AuthError::NoPwdb)
+            .map(Some)
+    }
+
+    /// SIGHUP: re-read both files as `new` (freshly parsed settings) names
+    /// them, each one on its own: a file that cannot be used keeps its
+    /// current users, and the log says why. Turning a mechanism on or off
+    /// needs a restart (it changes which protocols connections may speak).
+    pub fn reload(&self, new: &Settings) {
+        let sasl = Self::sasl_path(new);
+        let wanted = [
+            (
+                "SASL",
+                &self.sasl,
+                sasl.as_ref().ok().cloned().flatten(),
+                new.sasl,
+            ),
+            (
+                "ASCII auth",
+                &self.ascii,
+                new.auth_file.clone(),
+                new.auth_file.is_some(),
+            ),
+        ];
+        for (what, live, path, on) in wanted {
+            let live = match (live, on) {
+                (Some(l), true) => l,
+                (None, false) => continue,
+                (Some(_), false) | (None, true) => {
+                    tracing::warn!(
+                        "reload: turning {what} on or off needs a restart; it stays {}",
+                        if live.is_some() { "on" } else { "off" }
+                    );
+                    continue;
+                }
+            };
+            let path = path.unwrap_or_else(|| live.path());
+            match live.reload(&path) {
+                Ok(n) => tracing::info!("reload: {what}: {n} user(s) from {}", path.display()),
+                Err(e) => {
+                    let why = match std::error::Error::source(&e) {
+                        Some(cause) => format!("{e}: {cause}"),
+                        None => e.to_string(),
+                    };
+                    tracing::warn!(
+                        "reload: {what}: keeping the {} user(s) in force: {why}",
+                        live.current().len()
+                    );
+                }
+            }
+        }
     }
 
     /// The protocol binding in force, given `-B`. Authentication narrows it so
@@ -296,8 +408,40 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_replaces_the_users_and_a_bad_file_keeps_them() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("users");
+        std::fs::write(&path, "alice:one\n").expect("write");
+        let live = LiveCredentials::new(
+            path.clone(),
+            Format::AuthFile,
+            Credentials::load(&path, Format::AuthFile).expect("load"),
+        );
+        let held = live.current();
+        std::fs::write(&path, "bob:two\ncarol:three\n").expect("write");
+        assert_eq!(live.reload(&path).expect("reload"), 2);
+        assert!(live.current().verify(b"bob", b"two"));
+        assert!(!live.current().verify(b"alice", b"one"));
+        assert!(
+            held.verify(b"alice", b"one"),
+            "a reader keeps the set it took"
+        );
+        for bad in ["no colon here\n", ""] {
+            std::fs::write(&path, bad).expect("write");
+            assert!(live.reload(&path).is_err(), "{bad:?} accepted");
+            assert!(live.current().verify(b"bob", b"two"), "kept after {bad:?}");
+        }
+        assert!(live.reload(&tmp.path().join("missing")).is_err());
+        assert_eq!(live.path(), path);
+    }
+
+    #[test]
     fn authentication_narrows_the_binding() {
-        let creds = || Credentials::parse(b"a:b\n", Format::AuthFile).ok();
+        let creds = || {
+            Credentials::parse(b"a:b\n", Format::AuthFile)
+                .ok()
+                .map(|c| LiveCredentials::new(PathBuf::new(), Format::AuthFile, c))
+        };
         let none = Auth::default();
         assert_eq!(none.binding(BindingProtocol::Auto), BindingProtocol::Auto);
         let sasl = Auth {

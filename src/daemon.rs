@@ -481,11 +481,22 @@ fn spawn_signal_handler(shared: Arc<Shared>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    // memcached survives SIGHUP; memtwin rereads its configuration (`reload`).
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-            _ = shared.shutdown.cancelled() => return,
+        loop {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+                _ = hup.recv() => {
+                    // Files are read off the runtime's one thread.
+                    let sh = shared.clone();
+                    let _ = tokio::task::spawn_blocking(move || crate::reload::reload(&sh)).await;
+                    continue;
+                }
+                _ = shared.shutdown.cancelled() => return,
+            }
+            break;
         }
         shared.shutdown.cancel();
     });

@@ -41,6 +41,7 @@ pub mod import;
 pub mod mutation;
 pub mod persist;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod stats;

@@ -26,13 +26,8 @@ fn main() -> ExitCode {
         print!("{}", memtwin::config::effective::render(&settings));
         return ExitCode::SUCCESS;
     }
-    let default_level = match settings.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("memtwin={default_level},warn"))
+        tracing_subscriber::EnvFilter::new(memtwin::reload::level_filter(settings.verbose))
     });
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     // Colour only for a person at a terminal: journald, pipes and log files
@@ -45,9 +40,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .with_target(false);
+    // SIGHUP sets the level again (memtwin::reload).
     if journald {
-        builder.without_time().init();
+        let builder = builder.without_time().with_filter_reloading();
+        level_hook(builder.reload_handle());
+        builder.init();
     } else {
+        let builder = builder.with_filter_reloading();
+        level_hook(builder.reload_handle());
         builder.init();
     }
     for w in &settings.warnings {
@@ -81,4 +81,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Let `memtwin::reload` change the log filter through `handle`.
+fn level_hook<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) {
+    memtwin::reload::set_level_hook(Box::new(move |verbose| {
+        let filter = tracing_subscriber::EnvFilter::new(memtwin::reload::level_filter(verbose));
+        handle.reload(filter).map_err(|e| e.to_string())
+    }));
 }

@@ -80,7 +80,7 @@ pub fn gate(shared: &Shared, input: &[u8], out: &mut BytesMut) -> Gate {
         .auth
         .ascii
         .as_ref()
-        .is_some_and(|c| c.verify(user, pass));
+        .is_some_and(|c| c.current().verify(user, pass));
     let stats = shared.engine.stats();
     stats.bump(|c| &c.auth_cmds);
     if ok {
@@ -109,11 +109,14 @@ fn refuse(out: &mut BytesMut, n: usize, reply: &[u8]) -> Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{Credentials, Format};
+    use crate::auth::{Credentials, Format, LiveCredentials};
+    use std::path::PathBuf;
 
     fn shared() -> Shared {
         let mut s = Shared::for_tests();
-        s.auth.ascii = Credentials::parse(b"alice:s3cret\n", Format::AuthFile).ok();
+        s.auth.ascii = Credentials::parse(b"alice:s3cret\n", Format::AuthFile)
+            .ok()
+            .map(|c| LiveCredentials::new(PathBuf::new(), Format::AuthFile, c));
         s
     }
 

@@ -438,14 +438,14 @@ impl BinarySession {
                 None
             }
             Kind::SaslAuth => {
-                let ok = creds.verify_plain(data);
+                let ok = creds.current().verify_plain(data);
                 state.phase = if ok { Phase::Done } else { Phase::Idle };
                 Some(ok)
             }
             _ => match state.phase {
                 Phase::AwaitingResponse => {
                     state.phase = Phase::Done;
-                    Some(creds.verify_plain(data))
+                    Some(creds.current().verify_plain(data))
                 }
                 Phase::Idle | Phase::Done => Some(false),
             },
@@ -514,7 +514,8 @@ fn store_args(mode: StoreMode, extras: &[u8]) -> (u32, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{Credentials, Format};
+    use crate::auth::{Credentials, Format, LiveCredentials};
+    use std::path::PathBuf;
 
     use crate::protocol::binary::op;
 
@@ -523,7 +524,9 @@ mod tests {
     fn shared(sasl: bool) -> Arc<Shared> {
         let mut s = Shared::for_tests();
         if sasl {
-            s.auth.sasl = Credentials::parse(b"alice:s3cret\n", Format::SaslPwdb).ok();
+            s.auth.sasl = Credentials::parse(b"alice:s3cret\n", Format::SaslPwdb)
+                .ok()
+                .map(|c| LiveCredentials::new(PathBuf::new(), Format::SaslPwdb, c));
         }
         Arc::new(s)
     }
