@@ -317,3 +317,23 @@ def test_stats_pipelined_exporter_sequence(conn):
     for _ in range(4):
         read_stats(conn)
     rt(conn, b"", b"")
+
+
+def _yields_after_pipeline(srv, n):
+    """conn_yields after `n` pipelined gets in one write, all answered in order."""
+    c = srv.connect()
+    before = int(stats(c)["conn_yields"])
+    c.send(b"".join(b"get yield:%d\r\n" % i for i in range(n)))
+    for _ in range(n):
+        assert c.read_line() == b"END\r\n"
+    return int(stats(c)["conn_yields"]) - before
+
+
+def test_conn_yields_counts_connections_that_hit_r(spawn):
+    # memcached's default -R 20: a pipeline of 100 requests yields to other
+    # connections, one of 10 does not.
+    srv = spawn()
+    assert _yields_after_pipeline(srv, 10) == 0
+    assert _yields_after_pipeline(srv, 100) >= 1
+    assert _yields_after_pipeline(spawn("-R", "200"), 100) == 0
+    assert _yields_after_pipeline(spawn("-R", "5"), 100) >= 5

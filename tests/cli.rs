@@ -176,6 +176,21 @@ fn an_empty_prefix_delimiter_is_refused() {
     assert!(err.contains("No delimiter specified"), "{err}");
 }
 
+/// memcached 1.6.18 `-R 0`: "Number of requests per event must be greater than 0".
+#[test]
+fn zero_requests_per_event_is_refused() {
+    let out = Command::new(bin())
+        .args(["-p", "0", "-R", "0"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Number of requests per event must be greater than 0"),
+        "{err}"
+    );
+}
+
 /// Migration: point memtwin at Debian's memcached.conf and check what it would
 /// run with, without starting it.
 #[test]

@@ -2,8 +2,9 @@
 //! connection; a bad new file or config keeps what is in force and says why.
 //! (Before, SIGHUP's default action killed memtwin; memcached survives it.)
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+mod common;
+
+use common::Client;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,14 +60,8 @@ impl Server {
         );
     }
 
-    fn connect(&self) -> Conn {
-        let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        Conn {
-            r: BufReader::new(s.try_clone().expect("clone")),
-            w: s,
-        }
+    fn connect(&self) -> Client {
+        Client::connect(self.port)
     }
 
     fn alive(&mut self) -> bool {
@@ -81,28 +76,13 @@ impl Drop for Server {
     }
 }
 
-struct Conn {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Conn {
-    fn cmd(&mut self, c: &str) -> String {
-        self.w.write_all(c.as_bytes()).expect("write");
-        let mut l = String::new();
-        self.r.read_line(&mut l).expect("read");
-        l.trim_end().to_string()
-    }
-
-    /// memcached's ASCII auth: a set whose data is "user password".
-    fn auth(&mut self, user: &str, pass: &str) -> String {
-        let block = format!("{user} {pass}");
-        self.cmd(&format!("set auth 0 0 {}\r\n{block}\r\n", block.len()))
-    }
+/// memcached's ASCII auth: a set whose data is "user password".
+fn auth(c: &mut Client, user: &str, pass: &str) -> String {
+    c.set("auth", 0, 0, format!("{user} {pass}").as_bytes())
 }
 
 fn auth_with(s: &Server, user: &str, pass: &str) -> String {
-    s.connect().auth(user, pass)
+    auth(&mut s.connect(), user, pass)
 }
 
 #[test]
@@ -119,8 +99,8 @@ fn sighup_reloads_the_level_and_the_users_and_keeps_connections() {
     let mut s = Server::start(tmp.path(), &["--config", c, "-Y", u]);
 
     let mut held = s.connect();
-    assert_eq!(held.auth("alice", "one"), "STORED");
-    assert_eq!(held.cmd("set k 0 0 1\r\nx\r\n"), "STORED");
+    assert_eq!(auth(&mut held, "alice", "one"), "STORED");
+    assert_eq!(held.set("k", 0, 0, b"x"), "STORED");
     assert_eq!(
         auth_with(&s, "mallory", "x"),
         "CLIENT_ERROR authentication failure"
@@ -144,7 +124,7 @@ fn sighup_reloads_the_level_and_the_users_and_keeps_connections() {
     );
     s.wait_log("ASCII authentication failed");
     // The connection held across the reload is still authenticated.
-    assert_eq!(held.cmd("get k\r\n"), "VALUE k 0 1");
+    assert_eq!(held.cmd("get k"), "VALUE k 0 1");
 
     // A bad users file keeps bob.
     std::fs::write(&users, "no colon\n").expect("write");
@@ -170,6 +150,6 @@ fn sighup_reloads_the_level_and_the_users_and_keeps_connections() {
     assert_eq!(auth_with(&s, "carol", "three"), "STORED");
     assert!(s.alive());
     let mut again = s.connect();
-    assert_eq!(again.auth("carol", "three"), "STORED");
-    assert_eq!(again.cmd("get k\r\n"), "VALUE k 0 1");
+    assert_eq!(auth(&mut again, "carol", "three"), "STORED");
+    assert_eq!(again.cmd("get k"), "VALUE k 0 1");
 }

@@ -113,7 +113,8 @@ pub struct Cli {
     /// Listen backlog (default 1024).
     #[arg(short = 'b', long = "listen-backlog")]
     pub listen_backlog: Option<u32>,
-    /// Max requests per event (accepted for compatibility, ignored).
+    /// Requests a connection may have handled before the worker serves its
+    /// other connections (memcached's meaning; `conn_yields` counts them).
     #[arg(short = 'R', long = "max-reqs-per-event")]
     pub max_reqs_per_event: Option<u32>,
     /// Chunk size growth factor (accepted for compatibility, ignored: no slabs).
@@ -397,6 +398,9 @@ pub struct ReplicationSettings {
     pub catchup_rate: u64,
 }
 
+/// memcached's `-R` default.
+pub const DEFAULT_REQS_PER_EVENT: u32 = 20;
+
 /// Resolved settings the daemon runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -430,6 +434,9 @@ pub struct Settings {
     pub tombstone_ttl: u64,
     /// Twin replication; None = standalone.
     pub replication: Option<ReplicationSettings>,
+    /// `-R`: requests a connection may have handled before the worker serves
+    /// its other connections (memcached's default, 20).
+    pub reqs_per_event: u32,
     /// `-D`: the `stats detail` prefix delimiter (`:` by default).
     pub prefix_delimiter: u8,
     /// `stats detail` counting from the start (`-D` given).
@@ -482,6 +489,9 @@ pub enum ConfigError {
     Mask(String),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    /// memcached's words for `-R 0`.
+    #[error("Number of requests per event must be greater than 0 (-R)")]
+    ReqsPerEvent,
     /// memcached's words for `-D ''`.
     #[error("No delimiter specified (-D)")]
     NoDelimiter,
@@ -629,9 +639,11 @@ impl Settings {
             Some([c, ..]) => *c,
             Some([]) => return Err(ConfigError::NoDelimiter),
         };
-        if cli.max_reqs_per_event.is_some() {
-            warnings.push("-R is ignored".into());
-        }
+        let reqs_per_event = match cli.max_reqs_per_event {
+            None => DEFAULT_REQS_PER_EVENT,
+            Some(0) => return Err(ConfigError::ReqsPerEvent),
+            Some(n) => n,
+        };
         let fsync = cli.fsync.or(file.fsync);
         let sled_cache_mb = cli.sled_cache_mb.or(file.sled_cache_mb);
         let persist = match cli.data_dir.or(file.data_dir) {
@@ -731,6 +743,7 @@ impl Settings {
                 .or(file.tombstone_ttl)
                 .unwrap_or(DEFAULT_TOMBSTONE_TTL_SECS),
             replication,
+            reqs_per_event,
             prefix_delimiter,
             detail_enabled: cli.prefix_delimiter.is_some(),
             warnings,

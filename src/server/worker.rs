@@ -199,8 +199,11 @@ impl<'s> Worker<'s> {
         let mut stopping: Option<Instant> = None;
         let mut last_sweep = shared.engine.now();
         let mut pacing = IdleYield::default();
+        // Connections that yielded (`-R`) with requests still buffered.
+        let mut again: Vec<u64> = Vec::new();
         loop {
             let timeout = match stopping {
+                _ if !again.is_empty() => 0,
                 Some(_) => 50,
                 None if idle > 0 => 1000,
                 None => -1,
@@ -227,7 +230,7 @@ impl<'s> Worker<'s> {
                                     Some(c) => c.acked(&ctx, result),
                                     None => continue,
                                 };
-                                self.settle(&mut slots, token, keep);
+                                self.settle(&mut slots, token, keep, &mut again);
                             }
                             Msg::Stop(deadline) => stopping = Some(deadline),
                         }
@@ -239,7 +242,16 @@ impl<'s> Worker<'s> {
                     continue;
                 };
                 let keep = c.ready(&ctx);
-                self.settle(&mut slots, token, keep);
+                self.settle(&mut slots, token, keep, &mut again);
+            }
+            // Their turn again, after every connection that was ready.
+            for token in std::mem::take(&mut again) {
+                let ctx = self.ctx(token);
+                let Some(c) = slots.get(token) else {
+                    continue;
+                };
+                let keep = c.resume(&ctx);
+                self.settle(&mut slots, token, keep, &mut again);
             }
             if events.len() >= YIELD_AFTER {
                 std::thread::yield_now();
@@ -295,9 +307,10 @@ impl<'s> Worker<'s> {
     }
 
     /// Act on what a connection said after an event.
-    fn settle(&self, slots: &mut Slots<'_>, token: u64, keep: Keep) {
+    fn settle(&self, slots: &mut Slots<'_>, token: u64, keep: Keep, again: &mut Vec<u64>) {
         match keep {
             Keep::Yes => {}
+            Keep::Again => again.push(token),
             Keep::No => slots.close(token, self.shared),
             Keep::Park(seq) => {
                 let stream = self.shared.engine.stream().clone();

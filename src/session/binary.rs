@@ -82,6 +82,8 @@ impl BinarySession {
 
     /// Handle every complete request in `input`, appending replies to `out`.
     pub fn process(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Flow {
+        let limit = self.shared.settings.reqs_per_event;
+        let mut served = 0u32;
         loop {
             if super::swallow(&mut self.swallow, input) {
                 return Flow::NeedInput;
@@ -99,6 +101,10 @@ impl BinarySession {
             let Some(h) = bin::decode_header(input) else {
                 return Flow::NeedInput;
             };
+            if served >= limit {
+                return Flow::Yield;
+            }
+            served += 1;
             match self.packet(&h, input, out) {
                 Step::Consumed(n) => {
                     let now = n.min(input.len());
@@ -555,7 +561,7 @@ mod tests {
             loop {
                 match sess.process(&mut input, &mut out) {
                     Flow::NeedInput => break,
-                    Flow::Flush => continue,
+                    Flow::Flush | Flow::Yield => continue,
                     Flow::Close => return (out.to_vec(), true),
                 }
             }

@@ -146,6 +146,10 @@ pub enum Flow {
     Flush,
     /// Write the replies, then close the connection.
     Close,
+    /// `-R` requests were handled in this call and more are buffered: write
+    /// the replies and let the worker's other connections run before the
+    /// next `process` (memcached's `conn_yields`).
+    Yield,
 }
 
 /// Open connections and listeners, for `stats conns`.

@@ -41,6 +41,8 @@ impl TextSession {
 
     /// Handle every complete request in `input`, appending replies to `out`.
     pub fn process(&mut self, input: &mut BytesMut, out: &mut BytesMut) -> Flow {
+        let limit = self.shared.settings.reqs_per_event;
+        let mut served = 0u32;
         loop {
             if super::swallow(&mut self.swallow, input) {
                 return Flow::NeedInput;
@@ -67,6 +69,10 @@ impl TextSession {
                 Frame::Close => return Flow::Close,
                 Frame::Line { end, next } => (end, next),
             };
+            if served >= limit {
+                return Flow::Yield;
+            }
+            served += 1;
             match self.command(input, end, next, out) {
                 Step::Consumed(n) => input.advance(n),
                 Step::NeedMore => return Flow::NeedInput,
@@ -435,6 +441,35 @@ mod tests {
         Arc::new(Shared::for_tests())
     }
 
+    #[test]
+    fn yields_after_r_requests_and_resumes_where_it_stopped() {
+        let stream = Arc::new(crate::mutation::MutationStream::new());
+        let settings = crate::config::Settings {
+            reqs_per_event: 3,
+            ..crate::config::Settings::default()
+        };
+        let engine = crate::engine::Engine::for_tests(stream);
+        let sh = Shared::new(Arc::new(engine), Arc::new(settings));
+        let mut s = TextSession::new(Arc::new(sh));
+        let mut input = BytesMut::from(&b"version\r\n".repeat(7)[..]);
+        let mut out = BytesMut::new();
+        let mut flows = Vec::new();
+        loop {
+            let f = s.process(&mut input, &mut out);
+            flows.push(f);
+            if f == Flow::NeedInput {
+                break;
+            }
+        }
+        assert_eq!(flows, [Flow::Yield, Flow::Yield, Flow::NeedInput]);
+        assert_eq!(
+            out.iter().filter(|&&b| b == b'\n').count(),
+            7,
+            "every reply, in order"
+        );
+        assert!(input.is_empty());
+    }
+
     /// Feed `chunks` one after another, as separate reads; return all output.
     fn run(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
         let mut s = TextSession::new(shared());
@@ -446,7 +481,7 @@ mod tests {
             loop {
                 match s.process(&mut input, &mut out) {
                     Flow::NeedInput => break,
-                    Flow::Flush => continue,
+                    Flow::Flush | Flow::Yield => continue,
                     Flow::Close => {
                         closed = true;
                         break;
