@@ -230,6 +230,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let inherited = crate::systemd::listen_fds();
     let listeners = server::bind_all(&settings, &inherited, shared.readiness.defers_listening())
         .context("cannot listen")?;
+    // Before dropping privileges, like the client ports; served from the start
+    // (a node catching up with its twin is worth watching too).
+    if let Some(addr) = settings.metrics_listen {
+        crate::metrics::serve(addr, shared.clone())
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    }
     if let Some(p) = &settings.pidfile {
         write_pidfile(p)?;
     }
@@ -316,8 +323,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let authenticated = shared.auth.sasl.is_some() || shared.auth.ascii.is_some();
     for l in listeners.iter() {
         tracing::info!("memtwin {} listening on {}", crate::VERSION, l.describe());
+        if let Some(w) = l
+            .tcp_addr()
+            .and_then(|a| server::exposure_warning(a, authenticated))
+        {
+            tracing::warn!("{w}");
+        }
     }
     let notifier = crate::systemd::Notifier::from_env();
     tokio::spawn(announce_ready(

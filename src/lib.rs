@@ -38,6 +38,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod import;
+pub mod metrics;
 pub mod mutation;
 pub mod persist;
 pub mod protocol;

@@ -59,6 +59,9 @@ pub fn render(s: &Settings) -> String {
     }
     t.insert("listen-backlog".into(), int(u64::from(s.backlog)));
     t.insert("idle-timeout".into(), int(s.idle_timeout));
+    if let Some(a) = s.metrics_listen {
+        t.insert("metrics-listen".into(), Value::String(a.to_string()));
+    }
     if let Some(p) = &s.persist {
         t.insert("data-dir".into(), path(&p.dir));
         t.insert("fsync".into(), Value::String(p.fsync.as_str().into()));

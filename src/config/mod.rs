@@ -148,6 +148,10 @@ pub struct Cli {
     /// Close connections idle longer than this many seconds (0 = never).
     #[arg(long = "idle-timeout")]
     pub idle_timeout: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; a
+    /// bare port listens on 127.0.0.1).
+    #[arg(long = "metrics-listen", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     /// Persist items to this directory (sled) and reload them at start.
     /// Absent: memory only, as memcached.
     #[arg(long = "data-dir", value_name = "DIR")]
@@ -236,6 +240,7 @@ pub struct FileConfig {
     pub pidfile: Option<PathBuf>,
     pub listen_backlog: Option<u32>,
     pub idle_timeout: Option<u64>,
+    pub metrics_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub fsync: Option<FsyncMode>,
     pub sled_cache_mb: Option<u64>,
@@ -280,6 +285,7 @@ macro_rules! file_keys {
             pidfile,
             listen_backlog,
             idle_timeout,
+            metrics_listen,
             data_dir,
             fsync,
             sled_cache_mb,
@@ -336,6 +342,7 @@ impl FileConfig {
             pidfile: c.pidfile,
             listen_backlog: c.listen_backlog,
             idle_timeout: c.idle_timeout,
+            metrics_listen: c.metrics_listen,
             data_dir: c.data_dir,
             fsync: c.fsync,
             sled_cache_mb: c.sled_cache_mb,
@@ -426,6 +433,8 @@ pub struct Settings {
     pub daemon: bool,
     pub backlog: u32,
     pub idle_timeout: u64,
+    /// `--metrics-listen`: where Prometheus scrapes `/metrics`; None = off.
+    pub metrics_listen: Option<SocketAddr>,
     /// Persistence (`--data-dir`); None = memory only.
     pub persist: Option<PersistConfig>,
     /// `--node-id`; None = generated (and kept in the data dir).
@@ -489,6 +498,8 @@ pub enum ConfigError {
     Mask(String),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error("--metrics-listen {0:?} is not ADDR:PORT or PORT")]
+    MetricsListen(String),
     /// memcached's words for `-R 0`.
     #[error("Number of requests per event must be greater than 0 (-R)")]
     ReqsPerEvent,
@@ -539,6 +550,15 @@ pub fn parse_size(s: &str) -> Result<usize, ConfigError> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| ConfigError::ItemSize(s.to_string()))
+}
+
+/// `--metrics-listen`: `HOST:PORT`, or a bare port on loopback.
+fn parse_metrics_listen(a: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(port) = a.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    a.parse()
+        .map_err(|_| ConfigError::MetricsListen(a.to_string()))
 }
 
 impl Settings {
@@ -639,6 +659,10 @@ impl Settings {
             Some([c, ..]) => *c,
             Some([]) => return Err(ConfigError::NoDelimiter),
         };
+        let metrics_listen = match cli.metrics_listen.as_ref().or(file.metrics_listen.as_ref()) {
+            None => None,
+            Some(a) => Some(parse_metrics_listen(a)?),
+        };
         let reqs_per_event = match cli.max_reqs_per_event {
             None => DEFAULT_REQS_PER_EVENT,
             Some(0) => return Err(ConfigError::ReqsPerEvent),
@@ -736,6 +760,7 @@ impl Settings {
             daemon: cli.daemon,
             backlog: cli.listen_backlog.or(file.listen_backlog).unwrap_or(1024),
             idle_timeout: cli.idle_timeout.or(file.idle_timeout).unwrap_or(0),
+            metrics_listen,
             persist,
             node_id,
             tombstone_ttl: cli
@@ -1334,6 +1359,21 @@ pub(crate) mod tests {
             .expect_err("refused")
             .to_string();
         assert!(e.contains("need --peer"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_takes_an_address_or_a_loopback_port() {
+        let m = |a: &str| parse_metrics_listen(a).map(|s| s.to_string()).ok();
+        assert_eq!(m("9150").as_deref(), Some("127.0.0.1:9150"));
+        assert_eq!(m("0.0.0.0:9150").as_deref(), Some("0.0.0.0:9150"));
+        assert_eq!(m("[::1]:9150").as_deref(), Some("[::1]:9150"));
+        assert!(matches!(
+            parse_metrics_listen("localhost"),
+            Err(ConfigError::MetricsListen(_))
+        ));
+        let s = settings(&["--metrics-listen", "9150"]);
+        assert_eq!(s.metrics_listen.map(|a| a.port()), Some(9150));
+        assert_eq!(settings(&[]).metrics_listen, None, "off by default");
     }
 
     #[test]

@@ -89,6 +89,15 @@ impl Listener {
         }
     }
 
+    /// The TCP address this listener is bound to (None for a unix socket).
+    pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Deferred(s, _) => s.as_ref().and_then(|s| s.local_addr().ok()),
+            Listener::Unix(..) => None,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Listener::Tcp(l) => l
@@ -226,5 +235,64 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+/// The loud warning for a client listener that anyone beyond this host may
+/// reach without authenticating (memtwin has no TLS yet either), or None.
+/// Sessions are credentials: whoever reads a session key logs in as its user.
+/// memcached starts silently in that case; memtwin starts too (it must stay a
+/// drop-in), but says what it exposes and which flags fix it.
+pub fn exposure_warning(addr: std::net::SocketAddr, authenticated: bool) -> Option<String> {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(std::net::IpAddr::V6(v6)),
+        ip => ip,
+    };
+    if ip.is_loopback() || authenticated {
+        return None;
+    }
+    let reach = if ip.is_unspecified() {
+        "every network interface"
+    } else {
+        "a non-loopback address"
+    };
+    Some(format!(
+        "SECURITY: listening on {addr} ({reach}) with no authentication and no TLS: anyone who \
+         can reach this port can read, change and delete every session in it. Listen on \
+         loopback (-l 127.0.0.1), require authentication (-S --sasl-pwdb FILE, or -Y FILE), \
+         and keep the port behind a firewall or on a private network"
+    ))
+}
+
+#[cfg(test)]
+mod exposure_tests {
+    use super::exposure_warning;
+
+    #[test]
+    fn only_unauthenticated_listeners_beyond_loopback_are_flagged() {
+        let w = |a: &str, auth| exposure_warning(a.parse().expect("addr"), auth);
+        for quiet in [
+            "127.0.0.1:11211",
+            "127.0.0.2:1",
+            "[::1]:11211",
+            "[::ffff:127.0.0.1]:5",
+        ] {
+            assert_eq!(w(quiet, false), None, "{quiet}");
+        }
+        let all = w("0.0.0.0:11211", false).expect("flagged");
+        assert!(
+            all.contains("every network interface") && all.contains("-S --sasl-pwdb"),
+            "{all}"
+        );
+        assert!(w("[::]:11211", false)
+            .expect("flagged")
+            .contains("every network interface"));
+        assert!(w("10.1.2.3:11211", false)
+            .expect("flagged")
+            .contains("non-loopback"));
+        assert_eq!(w("0.0.0.0:11211", true), None, "authentication required");
     }
 }

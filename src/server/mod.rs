@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio_util::task::TaskTracker;
 
-pub use listen::{bind_all, Listener, Listeners};
+pub use listen::{bind_all, exposure_warning, Listener, Listeners};
 
 /// How long in-flight connections get to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
