@@ -147,47 +147,36 @@ fn udp_is_a_clear_startup_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("UDP is not supported"));
 }
 
+/// Run with `args`: memtwin must exit 64 (its status for every configuration
+/// error) with `message` (memcached's words) on stderr.
+fn refused_with(args: &[&str], message: &str) {
+    let out = Command::new(bin())
+        .args(["-p", "0"])
+        .args(args)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64), "{args:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(message), "{args:?}: {err}");
+}
+
 /// memcached 1.6.18 `-m 1` (default `-I 1m`): "Cannot set item size limit
 /// higher than 1/2 of memory max." on stderr, exit status 64.
 #[test]
 fn an_item_limit_over_half_the_memory_exits_64_like_memcached() {
-    let out = Command::new(bin())
-        .args(["-p", "0", "-m", "1"])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("Cannot set item size limit higher than 1/2 of memory max."),
-        "{err}"
+    refused_with(
+        &["-m", "1"],
+        "Cannot set item size limit higher than 1/2 of memory max.",
     );
 }
 
-/// memcached 1.6.18 `-D ''`: "No delimiter specified" (memcached exits 1;
-/// memtwin uses 64, its status for every configuration error).
+/// memcached 1.6.18 refuses these with the same words (it exits 1).
 #[test]
-fn an_empty_prefix_delimiter_is_refused() {
-    let out = Command::new(bin())
-        .args(["-p", "0", "-D", ""])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("No delimiter specified"), "{err}");
-}
-
-/// memcached 1.6.18 `-R 0`: "Number of requests per event must be greater than 0".
-#[test]
-fn zero_requests_per_event_is_refused() {
-    let out = Command::new(bin())
-        .args(["-p", "0", "-R", "0"])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("Number of requests per event must be greater than 0"),
-        "{err}"
+fn memcacheds_other_flag_errors_are_refused_in_its_words() {
+    refused_with(&["-D", ""], "No delimiter specified");
+    refused_with(
+        &["-R", "0"],
+        "Number of requests per event must be greater than 0",
     );
 }
 
