@@ -192,15 +192,13 @@ impl Credentials {
 #[derive(Debug)]
 pub struct LiveCredentials {
     format: Format,
-    path: RwLock<PathBuf>,
     current: RwLock<Arc<Credentials>>,
 }
 
 impl LiveCredentials {
-    pub fn new(path: PathBuf, format: Format, creds: Credentials) -> Self {
+    pub fn new(format: Format, creds: Credentials) -> Self {
         LiveCredentials {
             format,
-            path: RwLock::new(path),
             current: RwLock::new(Arc::new(creds)),
         }
     }
@@ -208,13 +206,6 @@ impl LiveCredentials {
     /// The users in force.
     pub fn current(&self) -> Arc<Credentials> {
         match self.current.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    pub fn path(&self) -> PathBuf {
-        match self.path.read() {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
@@ -229,12 +220,20 @@ impl LiveCredentials {
             Ok(mut g) => *g = Arc::new(creds),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(creds),
         }
-        match self.path.write() {
-            Ok(mut g) => *g = path.to_path_buf(),
-            Err(poisoned) => *poisoned.into_inner() = path.to_path_buf(),
-        }
         Ok(n)
     }
+}
+
+/// A reload of `what` failed: say why, and that the users in force stay.
+fn warn_kept(what: &str, live: &LiveCredentials, e: &AuthError) {
+    let why = match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    };
+    tracing::warn!(
+        "reload: {what}: keeping the {} user(s) in force: {why}",
+        live.current().len()
+    );
 }
 
 /// The credentials a running server checks: loaded at start-up, reloaded on
@@ -261,7 +260,7 @@ impl Auth {
                     c.len(),
                     path.display()
                 );
-                Some(LiveCredentials::new(path, Format::SaslPwdb, c))
+                Some(LiveCredentials::new(Format::SaslPwdb, c))
             }
             None => None,
         };
@@ -273,7 +272,7 @@ impl Auth {
                     c.len(),
                     path.display()
                 );
-                Some(LiveCredentials::new(path.clone(), Format::AuthFile, c))
+                Some(LiveCredentials::new(Format::AuthFile, c))
             }
             None => None,
         };
@@ -298,26 +297,19 @@ impl Auth {
     /// current users, and the log says why. Turning a mechanism on or off
     /// needs a restart (it changes which protocols connections may speak).
     pub fn reload(&self, new: &Settings) {
-        let sasl = Self::sasl_path(new);
         let wanted = [
-            (
-                "SASL",
-                &self.sasl,
-                sasl.as_ref().ok().cloned().flatten(),
-                new.sasl,
-            ),
-            (
-                "ASCII auth",
-                &self.ascii,
-                new.auth_file.clone(),
-                new.auth_file.is_some(),
-            ),
+            ("SASL", &self.sasl, Self::sasl_path(new)),
+            ("ASCII auth", &self.ascii, Ok(new.auth_file.clone())),
         ];
-        for (what, live, path, on) in wanted {
-            let live = match (live, on) {
-                (Some(l), true) => l,
-                (None, false) => continue,
-                (Some(_), false) | (None, true) => {
+        for (what, live, path) in wanted {
+            let (live, path) = match (live, path) {
+                (Some(l), Ok(Some(p))) => (l, p),
+                (None, Ok(None)) => continue,
+                (Some(l), Err(e)) => {
+                    warn_kept(what, l, &e);
+                    continue;
+                }
+                (live, _) => {
                     tracing::warn!(
                         "reload: turning {what} on or off needs a restart; it stays {}",
                         if live.is_some() { "on" } else { "off" }
@@ -325,19 +317,9 @@ impl Auth {
                     continue;
                 }
             };
-            let path = path.unwrap_or_else(|| live.path());
             match live.reload(&path) {
                 Ok(n) => tracing::info!("reload: {what}: {n} user(s) from {}", path.display()),
-                Err(e) => {
-                    let why = match std::error::Error::source(&e) {
-                        Some(cause) => format!("{e}: {cause}"),
-                        None => e.to_string(),
-                    };
-                    tracing::warn!(
-                        "reload: {what}: keeping the {} user(s) in force: {why}",
-                        live.current().len()
-                    );
-                }
+                Err(e) => warn_kept(what, live, &e),
             }
         }
     }
@@ -413,7 +395,6 @@ mod tests {
         let path = tmp.path().join("users");
         std::fs::write(&path, "alice:one\n").expect("write");
         let live = LiveCredentials::new(
-            path.clone(),
             Format::AuthFile,
             Credentials::load(&path, Format::AuthFile).expect("load"),
         );
@@ -432,7 +413,6 @@ mod tests {
             assert!(live.current().verify(b"bob", b"two"), "kept after {bad:?}");
         }
         assert!(live.reload(&tmp.path().join("missing")).is_err());
-        assert_eq!(live.path(), path);
     }
 
     #[test]
@@ -440,7 +420,7 @@ mod tests {
         let creds = || {
             Credentials::parse(b"a:b\n", Format::AuthFile)
                 .ok()
-                .map(|c| LiveCredentials::new(PathBuf::new(), Format::AuthFile, c))
+                .map(|c| LiveCredentials::new(Format::AuthFile, c))
         };
         let none = Auth::default();
         assert_eq!(none.binding(BindingProtocol::Auto), BindingProtocol::Auto);

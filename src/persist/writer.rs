@@ -176,24 +176,23 @@ impl Changes {
             .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(bound)))
     }
 
+    /// The metadata that goes with the writes: the last sequence number and
+    /// the flush state, when there are any.
+    fn meta(&self) -> impl Iterator<Item = (&'static [u8], Vec<u8>)> {
+        let seq =
+            (self.last_seq > 0).then(|| (meta::LAST_SEQ, self.last_seq.to_le_bytes().to_vec()));
+        let flush = self
+            .flush
+            .map(|f| (meta::FLUSH, record::encode_flush(f).to_vec()));
+        seq.into_iter().chain(flush)
+    }
+
     /// The writes as (disk key, value) pairs, metadata included: what
     /// [`Changes::batch`] would apply.
     fn entries(&self) -> Vec<super::rescue::Entry> {
-        let mut out: Vec<super::rescue::Entry> = self
-            .writes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if self.last_seq > 0 {
-            out.push((
-                meta::LAST_SEQ.to_vec(),
-                Some(self.last_seq.to_le_bytes().to_vec()),
-            ));
-        }
-        if let Some(f) = self.flush {
-            out.push((meta::FLUSH.to_vec(), Some(record::encode_flush(f).to_vec())));
-        }
-        out
+        let writes = self.writes.iter().map(|(k, v)| (k.clone(), v.clone()));
+        let meta = self.meta().map(|(k, v)| (k.to_vec(), Some(v)));
+        writes.chain(meta).collect()
     }
 
     fn full(&self) -> bool {
@@ -209,11 +208,8 @@ impl Changes {
                 None => b.remove(k.as_slice()),
             }
         }
-        if self.last_seq > 0 {
-            b.insert(meta::LAST_SEQ, &self.last_seq.to_le_bytes()[..]);
-        }
-        if let Some(f) = self.flush {
-            b.insert(meta::FLUSH, &record::encode_flush(f)[..]);
+        for (k, v) in self.meta() {
+            b.insert(k, v);
         }
         b
     }

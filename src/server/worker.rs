@@ -199,8 +199,10 @@ impl<'s> Worker<'s> {
         let mut stopping: Option<Instant> = None;
         let mut last_sweep = shared.engine.now();
         let mut pacing = IdleYield::default();
-        // Connections that yielded (`-R`) with requests still buffered.
+        // Connections that yielded (`-R`) with requests still buffered, and
+        // the buffer they are resumed from (both kept, not reallocated).
         let mut again: Vec<u64> = Vec::new();
+        let mut resuming: Vec<u64> = Vec::new();
         loop {
             let timeout = match stopping {
                 _ if !again.is_empty() => 0,
@@ -245,7 +247,8 @@ impl<'s> Worker<'s> {
                 self.settle(&mut slots, token, keep, &mut again);
             }
             // Their turn again, after every connection that was ready.
-            for token in std::mem::take(&mut again) {
+            std::mem::swap(&mut again, &mut resuming);
+            for token in resuming.drain(..) {
                 let ctx = self.ctx(token);
                 let Some(c) = slots.get(token) else {
                     continue;

@@ -110,13 +110,12 @@ fn refuse(out: &mut BytesMut, n: usize, reply: &[u8]) -> Gate {
 mod tests {
     use super::*;
     use crate::auth::{Credentials, Format, LiveCredentials};
-    use std::path::PathBuf;
 
     fn shared() -> Shared {
         let mut s = Shared::for_tests();
         s.auth.ascii = Credentials::parse(b"alice:s3cret\n", Format::AuthFile)
             .ok()
-            .map(|c| LiveCredentials::new(PathBuf::new(), Format::AuthFile, c));
+            .map(|c| LiveCredentials::new(Format::AuthFile, c));
         s
     }
 

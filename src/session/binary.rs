@@ -521,7 +521,6 @@ fn store_args(mode: StoreMode, extras: &[u8]) -> (u32, i64) {
 mod tests {
     use super::*;
     use crate::auth::{Credentials, Format, LiveCredentials};
-    use std::path::PathBuf;
 
     use crate::protocol::binary::op;
 
@@ -532,7 +531,7 @@ mod tests {
         if sasl {
             s.auth.sasl = Credentials::parse(b"alice:s3cret\n", Format::SaslPwdb)
                 .ok()
-                .map(|c| LiveCredentials::new(PathBuf::new(), Format::SaslPwdb, c));
+                .map(|c| LiveCredentials::new(Format::SaslPwdb, c));
         }
         Arc::new(s)
     }
